@@ -1,0 +1,3 @@
+from regnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""Shared fixtures: the real data beside the project (skipped cleanly when absent)."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_file(*parts) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (../shared/data is absent in a plain clone)")
+    return path
+
+
+@pytest.fixture
+def rotated_image():
+    """A small float image with anisotropic spacing and a non-identity (rotated) direction."""
+    angle = np.deg2rad(25.0)
+    c, s = np.cos(angle), np.sin(angle)
+    rot_z = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    rot_x = np.array([[1, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
+    direction = rot_z @ rot_x
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(12, 14, 16)).astype(np.float32))
+    image.SetSpacing((0.8, 1.3, 2.1))
+    image.SetOrigin((-12.5, 40.25, 7.0))
+    image.SetDirection(direction.ravel().tolist())
+    return image

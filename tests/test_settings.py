@@ -1,0 +1,92 @@
+"""The settings dict: RegNet vocabulary, typed validation, presets from the spec."""
+import json
+
+import pytest
+
+from regnet import RegNetError
+from regnet.settings import available_deform_exps, load_deform_exp, load_settings
+
+BASE = {"DataExpDict": [{"data": "Phantom", "deform_exp": "3D_max7_D14_K", "TrainingCNList": [1, 2],
+                         "TrainingTypeImList": [0], "ValidationCNList": [3], "ValidationTypeImList": [0]}]}
+
+
+def with_(**extra):
+    return {**BASE, **extra}
+
+
+def test_original_readme_dict_is_accepted_and_stage_defaults_filled():
+    s = load_settings(with_(NetworkTraining={"BatchSize": 4}, stage=1, NetworkDesign="crop4_connection",
+                            AGMode="Resp"))
+    assert s.NetworkTraining.BatchSize == 4
+    assert (s.NetworkTraining.NumberOfImagesPerChunk, s.NetworkTraining.SamplesPerImage) == (16, 50)
+    assert (s.NetworkValidation.BatchSize, s.NetworkValidation.SamplesPerImage) == (50, 500)
+    assert s.DataExpDict[0].TrainingDSmoothList == list(range(14))
+    assert s.DataExpDict[0].ValidationDSmoothList == [0, 5, 10]
+    assert load_settings(with_(stage=4)).NetworkTraining.NumberOfImagesPerChunk == 80
+
+
+@pytest.mark.parametrize("settings, message", [
+    (with_(NetworkTraining={"BatchSize": "15"}), "NetworkTraining.BatchSize must be a positive int, got '15'"),
+    (with_(NetworkTraining={"BatchSize": 0}), "NetworkTraining.BatchSize must be a positive int, got 0"),
+    (with_(NetworkTraning={}), "Unknown settings key 'NetworkTraning'; did you mean 'NetworkTraining'?"),
+    (with_(NetworkTraining={"LearningRat": 1e-3}), "did you mean 'LearningRate'"),
+    (with_(AGMode="SinlgeOnly"), "did you mean 'SingleOnly'"),
+    (with_(stage=3), "stage must be one of 1, 2, 4, got 3"),
+    ({"DataExpDict": [{"data": "Phantom", "deform_exp": "3D_max8_D14_K"}]}, "did you mean '3D_max7_D14_K'"),
+    ({"DataExpDict": [{"data": "Phantom", "deform_exp": "3D_max7_D14_K", "TrainingDSmoothList": [-1]}]},
+     "non-negative"),
+    ({"DataExpDict": [{"data": "Phantom"}]}, "Missing settings key 'DataExpDict[0].deform_exp'"),
+    (with_(DeformExp={"3D_max7_D14_K": {"MaxDefrom": 9}}), "did you mean 'MaxDeform'"),
+    (with_(DeformExp={"3D_max7_D14_K": {"MixedFrequency_SigmaRange": [10, 5]}}), "low <= high"),
+])
+def test_bad_settings_name_the_path(settings, message):
+    with pytest.raises(RegNetError) as err:
+        load_settings(settings)
+    assert message in str(err.value)
+
+
+def test_presets_hold_the_spec_values():
+    assert {"3D_max7_D14_K", "3D_max15_D14_K", "3D_max20_D14_K"} <= set(available_deform_exps())
+    e7, e15, e20 = (load_deform_exp(n) for n in ("3D_max7_D14_K", "3D_max15_D14_K", "3D_max20_D14_K"))
+    assert (e7.MaxDeform, e15.MaxDeform, e20.MaxDeform) == (7, 15, 20)
+    assert [g[0] for g in e7.SingleFrequency_BSplineGridSpacing] == [50, 45, 35, 25, 20]
+    assert e15.MixedFrequency_BSplineGridSpacing[2] == [40, 40, 80]
+    assert (e7.RespiratoryMotion_t0, e15.RespiratoryMotion_t0, e20.RespiratoryMotion_t0) == (15, 22, 30)
+    assert e15.MixedFrequency_SigmaRange == [7, 12]
+    assert e20.SingleFrequency_MaxDeformRatio == [1] * 5 and e7.SingleFrequency_MaxDeformRatio[0] == 0.5
+    assert (e7.class_balanced(), e15.class_balanced(), e20.class_balanced()) == \
+        ([2, 7], [1.5, 4, 15], [1.5, 8, 20])
+    assert e7.MixedFrequency_Np == [200, 150, 150, 150] and e7.NextIm_MaxDeform == 15
+
+
+def test_dsmooth_lookup_follows_regnet():
+    exp = load_deform_exp("3D_max7_D14_K")
+    methods = [exp.method_of(d) for d in range(14)]
+    assert [m for m, _ in methods].count("respiratory_motion") == 4
+    assert [m for m, _ in methods].count("single_frequency") == 5
+    assert [m for m, _ in methods].count("mixed_frequency") == 4
+    assert methods[13] == ("zero", 0)
+    assert methods[4] == ("single_frequency", 0) and methods[8] == ("single_frequency", 4)
+    assert methods[9] == ("mixed_frequency", 0) and methods[3] == ("respiratory_motion", 3)
+    assert exp.method_of(14 + 10) == exp.method_of(10)
+
+
+def test_user_overrides_and_own_experiment():
+    s = load_settings({
+        "DataExpDict": [{"data": "Phantom", "deform_exp": "3D_max7_D14_K"},
+                        {"data": "Phantom", "deform_exp": "mine"}],
+        "DeformExp": {"3D_max7_D14_K": {"MaxDeform": 9}, "mine": {"extends": "3D_max15_D14_K", "Im_NoiseSigma": 3}},
+        "AGMode": "NoResp",
+    })
+    assert s.deform_exps["3D_max7_D14_K"].MaxDeform == 9
+    assert s.deform_exps["3D_max7_D14_K"].RespiratoryMotion_t0 == 15
+    assert s.deform_exps["mine"].MaxDeform == 15 and s.deform_exps["mine"].Im_NoiseSigma == 3
+    assert s.DataExpDict[0].TrainingDSmoothList == list(range(4, 14))
+
+
+def test_resolved_settings_json_reloads_to_the_same(tmp_path):
+    s = load_settings(with_(NetworkTraining={"BatchSize": 3}, stage=2))
+    path = s.write_json(tmp_path / "settings.json")
+    on_disk = json.loads(path.read_text())
+    assert on_disk["deform_exps"]["3D_max7_D14_K"]["MaxDeform"] == 7.0
+    assert load_settings(path) == s
