@@ -18,6 +18,8 @@ def orthogonal_slices_png(image: sitk.Image, path, overlays: dict | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    image = sitk.DICOMOrient(image, "LPS")  # display in one orientation whatever the direction
+    overlays = {k: sitk.DICOMOrient(m, "LPS") for k, m in (overlays or {}).items()}
     array = sitk.GetArrayViewFromImage(image)
     sx, sy, sz = image.GetSpacing()
     nz, ny, nx = array.shape
@@ -32,7 +34,7 @@ def orthogonal_slices_png(image: sitk.Image, path, overlays: dict | None = None,
         for (label, mask), color in zip((overlays or {}).items(), colors):
             m = cut(sitk.GetArrayViewFromImage(mask))
             if m.any():
-                ax.contour(m > 0, levels=[0.5], colors=color, linewidths=0.8, origin="lower" if flip else "upper")
+                ax.contour(m > 0, levels=[0.5], colors=color, linewidths=0.8)  # same data coords as imshow
                 ax.plot([], [], color=color, label=label)
         ax.set_title(name)
         ax.set_axis_off()

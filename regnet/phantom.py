@@ -281,7 +281,7 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> dict:
     hu[vessels] = (hu * (1 - weight) + tree_hu * weight)[vessels]
     wall = (wall_w > 0) & torso & ~lung
     hu[wall] = (hu * (1 - wall_w) + (-40.0) * wall_w)[wall]
-    airway_lumen = (air_w > 0) & torso
+    airway_lumen = (air_w > 0) & (lung | (wall_w > 0))  # small airways only inside the lung
     hu[airway_lumen] = (hu * (1 - air_w) + AIR * air_w)[airway_lumen]
 
     # Partial-volume blur and scanner noise.
@@ -298,12 +298,20 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> dict:
         "image": to_image(np.clip(np.round(hu), -1024, 3071), np.int16),
         "lung": to_image(lung_mask, np.uint8),
         "torso": to_image(torso_mask, np.uint8),
-        "landmarks": np.asarray([p for p in landmarks if A.lung_inside(*np.float32(p))], float).reshape(-1, 3),
+        "landmarks": _inside(np.asarray(landmarks, float).reshape(-1, 3), lung_mask, g),
         "geometry": g,
     }
     if spec.exhale:
         out.update(_exhale(out, A, rng))
     return out
+
+
+def _inside(points: np.ndarray, mask: np.ndarray, g: Geometry) -> np.ndarray:
+    """The points whose nearest voxel is in ``mask``."""
+    idx = np.round(g.physical_to_index(points)).astype(int)
+    ok = np.all((idx >= 0) & (idx < np.asarray(g.size)), axis=1)
+    ok[ok] = mask[idx[ok, 2], idx[ok, 1], idx[ok, 0]] > 0
+    return points[ok]
 
 
 def _exhale(phantom: dict, A: _Anatomy, rng) -> dict:

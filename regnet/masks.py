@@ -1,0 +1,272 @@
+"""Open, automatic lung and torso masks from CT in HU (replaces RegNet's proprietary segmenter).
+
+Torso: tissue above -400 HU, opened to cut the scanner table loose, the largest component,
+holes filled slice by slice along the axial axis (found from the direction cosines, so any
+orientation works). Lung: air below -400 HU inside the torso; a morphological opening with a
+~9 mm ball separates the trachea and main bronchi (thinner than the lungs) and what the opening
+shaved off the lungs' corners is put back unless it belongs to the airway that leaves the lungs
+at the top; vessels and small airways are then filled in (RegNet's "Lung_Filled").
+
+Non-CT input (no air at about -1000 HU) is refused with a clear error; ``fallback="otsu"``
+gives an Otsu body mask and an empty lung mask instead, and says so.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from regnet import RegNetError
+from regnet.geometry import Geometry
+
+CLI_HELP = "compute lung and torso masks from a CT (open, automatic); --png writes overlays"
+
+BODY_HU = -400.0
+LUNG_HU = -400.0
+TRACHEA_RADIUS_MM = 9.0
+AIRWAY_MAX_AREA_MM2 = 700.0
+AIRWAY_MAX_OFFSET_MM = 30.0  # and runs near the mid-sagittal plane
+PURE_AIR_HU = -980.0
+MAX_PURE_AIR_FRACTION = 0.15  # a trachea is at most ~25 mm across
+
+
+def looks_like_ct(image: sitk.Image) -> bool:
+    """CT in HU has air near -1000: the 1st percentile is far below zero."""
+    array = sitk.GetArrayViewFromImage(image)
+    sample = array.ravel()[:: max(1, array.size // 2_000_000)]
+    return float(np.percentile(sample, 1)) < -700.0
+
+
+def _axial_axis(image: sitk.Image) -> int:
+    """The NumPy axis (0=z, 1=y, 2=x array axes) that runs closest to the patient's z."""
+    index_axis = int(np.argmax(np.abs(Geometry.of(image).matrix[2])))  # index axis most along world z
+    return 2 - index_axis
+
+
+def _fill_holes_slicewise(mask: np.ndarray, axis: int) -> np.ndarray:
+    out = np.empty_like(mask)
+    for k in range(mask.shape[axis]):
+        sl = [slice(None)] * 3
+        sl[axis] = k
+        out[tuple(sl)] = ndimage.binary_fill_holes(mask[tuple(sl)])
+    return out
+
+
+def _ball(radius_mm: float, spacing) -> list[int]:
+    return [max(1, int(round(radius_mm / s))) for s in spacing]
+
+
+def _largest_components(mask: sitk.Image, keep: int = 1, min_fraction: float = 0.0) -> sitk.Image:
+    labels = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(labels)
+    if not stats.GetLabels():
+        return sitk.Cast(mask * 0, sitk.sitkUInt8)
+    largest = stats.GetNumberOfPixels(1)
+    kept = [lab for lab in stats.GetLabels()[:keep] if stats.GetNumberOfPixels(lab) >= min_fraction * largest]
+    return sitk.Cast(sitk.BinaryThreshold(labels, 1, max(kept), 1, 0), sitk.sitkUInt8)
+
+
+def _outside_air(image: sitk.Image, axis: int) -> np.ndarray:
+    """Air around the patient: components below -400 HU that touch the side walls of the volume
+    (not just its top or bottom) and are nearly pure air (median below -950 HU). Lungs cut by a
+    tight field of view touch the walls too, but their parenchyma is denser than air."""
+    array = sitk.GetArrayViewFromImage(image)
+    labels, n = ndimage.label(array < BODY_HU)
+    if n == 0:
+        return np.zeros(array.shape, bool)
+    walls = set()
+    for a in range(3):
+        if a == axis:
+            continue
+        for end in (0, -1):
+            sl = [slice(None)] * 3
+            sl[a] = end
+            walls.update(np.unique(labels[tuple(sl)]).tolist())
+    walls.discard(0)
+    outside = np.zeros(array.shape, bool)
+    for lab in walls:
+        component = labels == lab
+        if np.median(array[component]) < -950:
+            outside |= component
+    return outside
+
+
+def torso_mask(image: sitk.Image) -> sitk.Image:
+    """The patient's body (no table, no air outside), lungs included: UInt8 on the image grid."""
+    spacing = image.GetSpacing()
+    axis = _axial_axis(image)
+    inside = _like(~_outside_air(image, axis), image)
+    opened = sitk.BinaryMorphologicalOpening(inside, _ball(4.0, spacing), sitk.sitkBall)  # cut the table loose
+    body = _largest_components(opened, keep=1)
+    body = sitk.BinaryMorphologicalClosing(body, _ball(3.0, spacing), sitk.sitkBall)
+    array = _fill_holes_slicewise(sitk.GetArrayViewFromImage(body).astype(bool), axis)
+    return _like(array, image)
+
+
+def lung_mask(image: sitk.Image, torso: sitk.Image | None = None) -> sitk.Image:
+    """Both lungs, vessels inside filled, trachea and main bronchi excluded: UInt8."""
+    torso = torso if torso is not None else torso_mask(image)
+    spacing = image.GetSpacing()
+    axis = _axial_axis(image)
+    air = _like((sitk.GetArrayViewFromImage(image) < LUNG_HU) & sitk.GetArrayViewFromImage(torso).astype(bool), image)
+    air = _lung_like_components(air, image)
+    # Opening removes tubes thinner than the ball (trachea, main bronchi); keep the big parts.
+    radius = _ball(TRACHEA_RADIUS_MM, spacing)
+    # Mirror-pad so lungs cut by a tight field of view are not eaten from the volume's walls.
+    padded = sitk.MirrorPad(air, radius, radius)
+    core = sitk.BinaryMorphologicalOpening(padded, radius, sitk.sitkBall)
+    core = sitk.Crop(core, radius, radius)
+    core.CopyInformation(air)
+    core = _largest_components(core, keep=2, min_fraction=0.05)
+    core_arr = sitk.GetArrayViewFromImage(core).astype(bool)
+    air_arr = sitk.GetArrayViewFromImage(air).astype(bool)
+    if not core_arr.any():
+        return _like(np.zeros_like(air_arr), image)
+    # Residue = what the opening removed: lung corners and apices (give back) or the airway
+    # (drop): a narrow tube (< ~30 mm across) near the body's mid-line rising above the lungs.
+    residue = air_arr & ~core_arr
+    labels, n = ndimage.label(residue)
+    lungs = core_arr.copy()
+    if n:
+        g = Geometry.of(image)
+        other = tuple(a for a in range(3) if a != axis)
+        slices_with_lung = np.nonzero(np.any(core_arr, axis=other))[0]
+        cranial_up = g.matrix[2, 2 - axis] > 0
+        top = slices_with_lung.max() if cranial_up else slices_with_lung.min()
+        beyond = [slice(None)] * 3
+        beyond[axis] = slice(top + 1, None) if cranial_up else slice(0, top)
+        pixel_area = float(np.prod([s for i, s in enumerate(spacing) if 2 - i != axis]))
+        body_x = g.index_to_physical(np.asarray(ndimage.center_of_mass(sitk.GetArrayViewFromImage(torso)))[::-1])[0]
+        slab = labels[tuple(beyond)]
+        candidates = np.unique(slab[slab > 0])
+        centres = ndimage.center_of_mass(residue, labels, candidates) if len(candidates) else []
+        airway = []
+        for lab, centre in zip(candidates, centres):
+            per_slice = (slab == lab).sum(axis=other)
+            narrow = per_slice[per_slice > 0].mean() * pixel_area < AIRWAY_MAX_AREA_MM2
+            centre_x = g.index_to_physical(np.asarray(centre)[::-1])[0]
+            if narrow and abs(centre_x - body_x) < AIRWAY_MAX_OFFSET_MM:
+                airway.append(lab)  # the trachea leaving the thorax
+        lungs |= residue & ~np.isin(labels, airway)
+    # Lung_Filled: close small gaps and fill vessels slice by slice.
+    lungs_img = _like(lungs, image)
+    lungs_img = sitk.BinaryMorphologicalClosing(lungs_img, _ball(2.0, spacing), sitk.sitkBall)
+    filled = _fill_holes_slicewise(sitk.GetArrayViewFromImage(lungs_img).astype(bool), axis)
+    filled &= sitk.GetArrayViewFromImage(torso).astype(bool)
+    return _like(filled, image)
+
+
+def _lung_like_components(air: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """Keep air components that look like lung, not gas. Measured on the shared CTs: in lungs
+    under 1% of voxels are below -980 HU, in bowel gas and the trachea about 30%. Bits under
+    20 mL are dropped."""
+    labels, n = ndimage.label(sitk.GetArrayViewFromImage(air))
+    if n == 0:
+        return air
+    hu = sitk.GetArrayViewFromImage(image)
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones_like(labels, np.float32), labels, index)
+    pure_air = ndimage.sum_labels((hu < PURE_AIR_HU).astype(np.float32), labels, index) / np.maximum(sizes, 1)
+    min_voxels = 20_000.0 / float(np.prod(image.GetSpacing()))  # 20 mL
+    keep = index[(pure_air < MAX_PURE_AIR_FRACTION) & (sizes >= min_voxels)]
+    return _like(np.isin(labels, keep), image)
+
+
+def _like(array: np.ndarray, image: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(array.astype(np.uint8))
+    out.CopyInformation(image)
+    return out
+
+
+def compute_masks(image: sitk.Image, fallback: str | None = None) -> dict:
+    """``{'lung', 'torso'}`` masks on the image's grid. Non-CT: error, or Otsu body with ``fallback='otsu'``."""
+    if not looks_like_ct(image):
+        if fallback != "otsu":
+            raise RegNetError("This does not look like a CT in HU (no air near -1000 HU): lung masks need CT. "
+                              "Use fallback='otsu' (CLI: --fallback otsu) for an Otsu body mask and no lung mask.")
+        body = sitk.OtsuThreshold(sitk.Cast(image, sitk.sitkFloat32), 0, 1)
+        body = _largest_components(body, keep=1)
+        array = _fill_holes_slicewise(sitk.GetArrayViewFromImage(body).astype(bool), _axial_axis(image))
+        if not array.any():
+            raise RegNetError("Otsu found no body in this image.")
+        return {"torso": _like(array, image), "lung": _like(np.zeros_like(array), image), "method": "otsu"}
+    work, coarse = _working_grid(image)
+    torso = torso_mask(work)
+    if not sitk.GetArrayViewFromImage(torso).any():
+        raise RegNetError("No body found above -400 HU; is the image in HU?")
+    lung = lung_mask(work, torso)
+    if coarse:
+        torso, lung = _back_to(torso, image), _back_to(lung, image)
+    return {"torso": torso, "lung": lung, "method": "ct"}
+
+
+#: Masks are computed on a grid no finer than this (mm); morphology at 0.7 mm buys nothing.
+WORK_SPACING_MM = 1.5
+
+
+def _working_grid(image: sitk.Image) -> tuple[sitk.Image, bool]:
+    from regnet.io import resample_to_geometry
+
+    g = Geometry.of(image)
+    spacing = np.maximum(np.asarray(g.spacing), WORK_SPACING_MM)
+    if np.allclose(spacing, g.spacing):
+        return image, False
+    size = tuple(int(n) for n in np.floor((np.asarray(g.size) - 1) * np.asarray(g.spacing) / spacing) + 1)
+    coarse = Geometry(size, tuple(float(s) for s in spacing), g.origin, g.direction)
+    return resample_to_geometry(image, coarse, "linear", default=-1024, antialias=False), True
+
+
+def _back_to(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """A coarse mask onto the original grid: linear interpolation of the 0/1 field, cut at 0.5."""
+    from regnet.io import resample_like
+
+    smooth = resample_like(sitk.Cast(mask, sitk.sitkFloat32), reference, "linear", 0.0, antialias=False)
+    return _like(sitk.GetArrayViewFromImage(smooth) >= 0.5, reference)
+
+
+def mask_volume_litres(mask: sitk.Image) -> float:
+    return float(sitk.GetArrayViewFromImage(mask).astype(bool).sum()) * float(np.prod(mask.GetSpacing())) / 1e6
+
+
+def dice(a: sitk.Image | np.ndarray, b: sitk.Image | np.ndarray) -> float:
+    a = sitk.GetArrayViewFromImage(a) if isinstance(a, sitk.Image) else a
+    b = sitk.GetArrayViewFromImage(b) if isinstance(b, sitk.Image) else b
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / float(total)
+
+
+# ---------------------------------------------------------------- command line
+def add_arguments(p) -> None:
+    p.add_argument("image", type=Path, help="CT image (file or DICOM folder)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--png", action="store_true", help="write an overlay PNG of three orthogonal slices")
+    p.add_argument("--fallback", choices=["otsu"], default=None, help="for non-CT input: Otsu body mask")
+
+
+def masks_command(args) -> int:
+    from regnet.files import full_suffix
+    from regnet.io import read_image, write_image
+
+    image = read_image(args.image)
+    t0 = time.perf_counter()
+    masks = compute_masks(image, fallback=args.fallback)
+    elapsed = time.perf_counter() - t0
+    name = args.image.name
+    stem = name[: len(name) - len(full_suffix(args.image))] if full_suffix(args.image) else name
+    lung_path = write_image(masks["lung"], args.out / f"{stem}_lung.mha")
+    torso_path = write_image(masks["torso"], args.out / f"{stem}_torso.mha")
+    print(f"{args.image}: lung {mask_volume_litres(masks['lung']):.2f} L, torso "
+          f"{mask_volume_litres(masks['torso']):.2f} L, {elapsed:.1f} s ({masks['method']})")
+    print(f"  {lung_path}\n  {torso_path}")
+    if args.png:
+        from regnet.figures import orthogonal_slices_png
+
+        png = orthogonal_slices_png(image, args.out / f"{stem}_masks.png",
+                                    overlays={"lung": masks["lung"], "torso": masks["torso"]}, title=str(name))
+        print(f"  {png}")
+    return 0
