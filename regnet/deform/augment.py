@@ -1,0 +1,104 @@
+"""Augmentations of RegNet (regnet_spec.md sections 1.2 and 1.5): next image, sponge, noise,
+occlusion, applied as an ordered chain such as ``Clean_Sponge_Noise``.
+
+All randomness comes from the generator passed in (seeded by the stable hash), never from
+the wall clock (RegNet's noise used SimpleITK's seed 0, which means "wall clock").
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from regnet.deform.bspline import random_bspline_field
+from regnet.deform.field import jacobian_determinant, warp
+from regnet.geometry import Geometry
+from regnet.io import image_from_array
+from regnet.settings import DeformExp
+
+
+def sponge(image: np.ndarray, jacobian: np.ndarray, torso: np.ndarray, exp: DeformExp, rng) -> np.ndarray:
+    """Intensity change consistent with the local volume change (mass conservation).
+
+    ``Deformed(x) = Image(x + u(x))``: the deformed voxel at x gathers the tissue of a region J(x)
+    times its size, so its density is multiplied by J (RegNet divided by J, the wrong way round).
+    Density is proportional to HU + 1000 (RegNet scaled raw HU). J is clipped to
+    ``Sponge_JacobianClip`` and one random factor U(Sponge_ScaleRange) is applied, in the torso.
+    """
+    j = np.clip(jacobian, *exp.Sponge_JacobianClip)
+    factor = rng.uniform(*exp.Sponge_ScaleRange)
+    out = image.astype(np.float32).copy()
+    out[torso] = (out[torso] + 1000.0) * j[torso] * factor - 1000.0
+    return out
+
+
+def noise(image: np.ndarray, torso: np.ndarray, sigma: float, average: float, rng) -> np.ndarray:
+    """Gaussian noise N(mean, sigma) in the torso, mean = int(U(-average, average)) as RegNet."""
+    out = image.astype(np.float32).copy()
+    mean = float(int(rng.uniform(-average, average)))
+    out[torso] += rng.normal(mean, sigma, size=int(torso.sum())).astype(np.float32)
+    return out
+
+
+def occlusion(image: np.ndarray, lung: np.ndarray, exp: DeformExp, rng) -> np.ndarray:
+    """Dark ellipsoids (about -800 HU) placed in the eroded lung, with three soft outer shells
+    (occlusion weights 0.2, 0.6, 0.9) and N(0, 10) texture inside. Semi-axes in voxels."""
+    out = image.astype(np.float32).copy()
+    inner = ndimage.binary_erosion(lung, np.ones((9, 9, 9), bool))
+    centres = np.argwhere(inner)
+    if len(centres) == 0:
+        return out
+    shape = np.asarray(out.shape)
+    limits = np.array([exp.Occlusion_Max_c, exp.Occlusion_Max_b, exp.Occlusion_Max_a])  # (z, y, x)
+    for _ in range(exp.Occlusion_NumberOfEllipse):
+        centre = centres[rng.integers(len(centres))]
+        axes = np.maximum(rng.uniform(0, 1, 3) * limits, 3.0)
+        lo = np.maximum(centre - np.ceil(axes).astype(int) - 1, 0)
+        hi = np.minimum(centre + np.ceil(axes).astype(int) + 2, shape)
+        zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        q = np.sqrt(((zz - centre[0]) / axes[0]) ** 2 + ((yy - centre[1]) / axes[1]) ** 2
+                    + ((xx - centre[2]) / axes[2]) ** 2)
+        depth = (1.0 - q) * axes.min()                 # approximate voxels inside the surface
+        weight = np.select([depth >= 3, depth >= 2, depth >= 1, depth >= 0], [1.0, 0.9, 0.6, 0.2], 0.0)
+        value = float(rng.integers(int(exp.Occlusion_IntensityRange[0]), int(exp.Occlusion_IntensityRange[1])))
+        texture = value + np.where(depth >= 3, rng.normal(0, 10, size=depth.shape), 0.0)
+        box = out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        box[...] = box * (1 - weight) + texture * weight
+    return out
+
+
+def intensity_chain(clean: np.ndarray, jacobian: np.ndarray, torso: np.ndarray, lung: np.ndarray,
+                    exp: DeformExp, rngs: dict) -> np.ndarray:
+    """Apply ``exp.DeformedImExt`` in order ('Clean' first); ``rngs`` has one generator per step."""
+    image = clean.astype(np.float32)
+    for step in exp.DeformedImExt[1:]:
+        if step == "Sponge":
+            image = sponge(image, jacobian, torso, exp, rngs["Sponge"])
+        elif step == "Noise":
+            image = noise(image, torso, exp.Im_NoiseSigma, exp.Im_NoiseAverage, rngs["Noise"])
+        elif step == "Occluded":
+            image = occlusion(image, lung, exp, rngs["Occluded"])
+    return image
+
+
+def next_image(image: sitk.Image, torso: sitk.Image, lung: sitk.Image, exp: DeformExp, stage: int,
+               rngs: dict, default: float = -2048.0) -> dict:
+    """Anatomy augmentation: a freshly deformed copy of the original (single-frequency field up to
+    ``NextIm_MaxDeform``, no mask-to-zero), masks warped with it, then sponge and light noise.
+    Used as the base image for dsmooth > 0."""
+    g = Geometry.of(image)
+    m = exp.NextIm_MaxDeform
+    dvf = random_bspline_field(g, exp.SingleFrequency_BSplineGridSpacing[0], m,
+                               exp.SingleFrequency_SetGridBorderToZero[0],
+                               exp.SingleFrequency_GridSmoothingSigma / stage, rngs["NextDVF"], "single")
+    peak = float(np.abs(dvf).max())
+    if peak > m:
+        dvf *= m / peak
+    warped = warp(image, dvf, "bspline", default, reference=g)
+    next_torso = warp(torso, dvf, "nearest", reference=g)
+    next_lung = warp(lung, dvf, "nearest", reference=g)
+    torso_arr = sitk.GetArrayViewFromImage(next_torso) > 0
+    arr = sponge(sitk.GetArrayViewFromImage(warped), jacobian_determinant(dvf, g), torso_arr, exp, rngs["NextSponge"])
+    arr = noise(arr, torso_arr, exp.NextIm_SigmaN, 10.0, rngs["NextNoise"])
+    out = image_from_array(np.clip(np.round(arr), -32768, 32767).astype(np.int16), g)
+    return {"image": out, "torso": next_torso, "lung": next_lung, "dvf": dvf}

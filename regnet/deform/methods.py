@@ -1,0 +1,223 @@
+"""Synthetic DVF families of RegNet (regnet_spec.md section 1.4), without its marked bugs.
+
+Every method takes the grid (``Geometry``), the masks as boolean (z, y, x) arrays, the
+resolved :class:`~regnet.settings.DeformExp`, the deform number ``D``, the stage and a seeded
+generator, and returns a (z, y, x, 3) float32 DVF in mm, components (x, y, z). Voxel-valued
+parameters of the spec (sigmas, block radius) are stage-1 voxels, i.e. mm, divided by stage.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from regnet import RegNetError
+from regnet.deform.bspline import random_bspline_field
+from regnet.geometry import Geometry
+from regnet.settings import DeformExp
+
+
+def smooth(component: np.ndarray, sigma_voxels: float) -> np.ndarray:
+    """Gaussian smoothing with SimpleITK's recursive (IIR) filter: multi-threaded, and its cost
+    does not grow with sigma, unlike a truncated-kernel convolution."""
+    if sigma_voxels <= 0:
+        return component
+    image = sitk.GetImageFromArray(np.ascontiguousarray(component, dtype=np.float32))
+    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, float(sigma_voxels)))
+
+
+def normalize_max(dvf: np.ndarray, limit: float) -> np.ndarray:
+    """Scale down so that max |u_k| over all components is at most ``limit`` mm (RegNet's rule)."""
+    peak = float(np.abs(dvf).max())
+    if peak > limit > 0:
+        dvf *= limit / peak
+    return dvf
+
+
+def _mask_to_zero(dvf: np.ndarray, mask: np.ndarray | None, sigma_voxels: float) -> np.ndarray:
+    """Zero the field outside ``mask``, then smooth the edge away (per component)."""
+    if mask is not None:
+        dvf *= mask[..., None]
+    for c in range(3):
+        dvf[..., c] = smooth(dvf[..., c], sigma_voxels)
+    return dvf
+
+
+def _mask_for(exp: DeformExp, torso, lung):
+    return {"Torso": torso, "Lung": lung}.get(exp.MaskToZero)
+
+
+# ---------------------------------------------------------------- methods
+def zero(geometry: Geometry, **_) -> np.ndarray:
+    return np.zeros(geometry.shape + (3,), np.float32)
+
+
+def translation(geometry: Geometry, exp: DeformExp, number: int, rng, **_) -> np.ndarray:
+    """A constant shift: per axis 0 with probability ``Translation_ZeroProbability``, else U(-M, M)."""
+    m = exp.MaxDeform * exp.Translation_MaxDeformRatio[number]
+    shift = np.where(rng.random(3) < exp.Translation_ZeroProbability, 0.0, rng.uniform(-m, m, 3))
+    return np.broadcast_to(shift.astype(np.float32), geometry.shape + (3,)).copy()
+
+
+def single_frequency(geometry: Geometry, exp: DeformExp, number: int, stage: int, rng, torso=None,
+                     lung=None, **_) -> np.ndarray:
+    m = exp.MaxDeform * exp.SingleFrequency_MaxDeformRatio[number]
+    dvf = random_bspline_field(geometry, exp.SingleFrequency_BSplineGridSpacing[number], m,
+                               exp.SingleFrequency_SetGridBorderToZero[number],
+                               exp.SingleFrequency_GridSmoothingSigma / stage, rng, "single")
+    sigma = exp.SingleFrequency_BackgroundSmoothingSigma / stage * m / 7.0
+    dvf = _mask_to_zero(dvf, _mask_for(exp, torso, lung), sigma)
+    return normalize_max(dvf, m) if exp.DVFNormalization else dvf
+
+
+def _world_coordinate(geometry: Geometry, axis: int) -> np.ndarray:
+    """Physical coordinate ``axis`` (0=x, 1=y, 2=z) of every voxel, broadcastable (z, y, x)."""
+    d, s, o = geometry.matrix, geometry.spacing, geometry.origin
+    nx, ny, nz = geometry.size
+    return (o[axis] + d[axis, 0] * s[0] * np.arange(nx, dtype=np.float32)[None, None, :]
+            + d[axis, 1] * s[1] * np.arange(ny, dtype=np.float32)[None, :, None]
+            + d[axis, 2] * s[2] * np.arange(nz, dtype=np.float32)[:, None, None])
+
+
+def respiratory_motion(geometry: Geometry, exp: DeformExp, number: int, stage: int, rng, torso=None,
+                       lung=None, **_) -> np.ndarray:
+    """Diaphragm-driven motion after Hub et al. (2009), in physical coordinates.
+
+    Cranio-caudal is world z and antero-posterior world y (LPS), taken through the direction
+    cosines, so any orientation works. The diaphragm level is the lowest lung point; the
+    cranio-caudal displacement ``t0 f(z)`` decays logarithmically above it; the transversal
+    expansion acts on y about ``c`` = the lung's posterior extent minus delta (in mm at every
+    stage: RegNet mixed voxels and mm at stages 2 and 4). u_z > 0 pulls from above, as RegNet.
+    """
+    if lung is None or not lung.any():
+        raise RegNetError("respiratory_motion needs a non-empty lung mask (UseLungMask); "
+                          "use single/mixed frequency for images without lungs.")
+    t0 = rng.uniform(*exp.RespiratoryMotion_t0Range) * exp.RespiratoryMotion_t0
+    s0 = rng.uniform(*exp.RespiratoryMotion_s0Range) * exp.RespiratoryMotion_s0
+    delta = rng.uniform(*exp.RespiratoryMotion_DeltaRange)
+    wz = np.broadcast_to(_world_coordinate(geometry, 2), geometry.shape)
+    wy = np.broadcast_to(_world_coordinate(geometry, 1), geometry.shape)
+    z_lung = wz[lung]
+    z_d, z_top = float(z_lung.min()), float(z_lung.max())
+    e = max((z_top - z_d) / 2.0, 1e-3)
+    alpha = 1.3 / e
+    rel = np.clip(wz - z_d, 0.0, e)
+    f = np.where(wz < z_d + e, 1.0 - np.log1p(rel * alpha) / np.log1p(e * alpha), 0.0).astype(np.float32)
+    c = float(wy[lung].max()) - delta
+    dvf = np.zeros(geometry.shape + (3,), np.float32)
+    dvf[..., 2] = t0 * f
+    dvf[..., 1] = -(wy - c) * (s0 * f)
+    sf = random_bspline_field(geometry, exp.RespiratoryMotion_BSplineGridSpacing[number],
+                              exp.RespiratoryMotion_SingleFrequency_MaxDeformRatio * exp.MaxDeform,
+                              exp.RespiratoryMotion_SetGridBorderToZero[number],
+                              exp.RespiratoryMotion_GridSmoothingSigma / stage, rng, "single")
+    sf = normalize_max(sf, exp.MaxDeform)
+    sf[..., 2] *= 0.3
+    dvf += sf
+    sigma = exp.RespiratoryMotion_BackgroundSmoothingSigma / stage * exp.MaxDeform / 7.0
+    dvf = _mask_to_zero(dvf, torso if torso is not None else _mask_for(exp, torso, lung), sigma)
+    limit = 1.2 * exp.MaxDeform * exp.RespiratoryMotion_MaxDeformRatio
+    return normalize_max(dvf, limit) if exp.DVFNormalization else dvf
+
+
+def canny_edges(image: sitk.Image, exp: DeformExp) -> np.ndarray:
+    """Canny edges (thresholds from the experiment) of the image in HU, as a bool array."""
+    edges = sitk.CannyEdgeDetection(sitk.Cast(image, sitk.sitkFloat32), exp.CannyLowerThreshold,
+                                    exp.CannyUpperThreshold)
+    return sitk.GetArrayViewFromImage(edges) > 0
+
+
+def _directional_element(axis: int) -> np.ndarray:
+    element = np.zeros((9, 9, 9), bool)
+    sl = [slice(None)] * 3
+    sl[axis] = slice(0, 5)
+    element[tuple(sl)] = True
+    return element
+
+
+def dilated_edge_mask(edges: np.ndarray, region: np.ndarray, np_iterations: int, block_radius: int,
+                      rng) -> np.ndarray:
+    """RegNet's random dilation phases on the edges inside ``region``: (3, z, y, x) bool, one
+    channel per DVF component: one full dilation, then zero-motion holes punched at random edge
+    points, then growth in random blocks (18-connected, then directional 9^3 elements).
+
+    Each channel keeps its own "available" set. RegNet reduced only channel 2's, through a
+    leaked loop variable, so in practice two channels were never exhausted; here every channel
+    is exhausted the same way, in the growth phases only (exhausting during the hole phase as
+    well leaves too few points to grow from, and the field vanishes). Work is confined to the
+    region's bounding box."""
+    available0 = edges & ndimage.binary_dilation(region, np.ones((3, 3, 3), bool))
+    out = np.zeros((3,) + edges.shape, bool)
+    if not available0.any():
+        return out
+    box = tuple(slice(max(0, s.start - block_radius - 2), min(n, s.stop + block_radius + 2))
+                for s, n in zip(ndimage.find_objects(available0.astype(np.uint8))[0], edges.shape))
+    available = np.repeat(available0[box][None], 3, axis=0)
+    dilated = available.copy()
+    points = [np.flatnonzero(available[c]) for c in range(3)]
+    b1, b2 = round(10 * np_iterations / 12), round(11 * np_iterations / 12)
+    full, conn18 = np.ones((3, 3, 3), bool), ndimage.generate_binary_structure(3, 2)
+    shape = available.shape[1:]
+    for it in range(np_iterations):
+        if any(len(p) <= 4 for p in points):
+            break
+        for c in range(3):
+            centre = np.unravel_index(points[c][rng.integers(len(points[c]))], shape)
+            block = tuple(slice(max(0, k - block_radius), min(n, k + block_radius + 1)) for k, n in zip(centre, shape))
+            if it == 0:
+                dilated[c] = ndimage.binary_dilation(dilated[c], full)
+            elif it < b1:
+                dilated[c][block] = False                      # a zero-motion hole
+            elif it < b2:
+                dilated[c][block] = ndimage.binary_dilation(dilated[c][block], conn18)
+                if it % 2 == 0:
+                    available[c][block] = False
+            else:
+                dilated[c][block] = ndimage.binary_dilation(dilated[c][block], _directional_element(it % 3))
+                if rng.random() < 0.7:
+                    available[c][block] = False
+            if it >= b1:
+                points[c] = np.flatnonzero(available[c])
+    out[(slice(None),) + box] = dilated
+    return out
+
+
+def mixed_frequency(geometry: Geometry, exp: DeformExp, number: int, stage: int, rng, image=None,
+                    torso=None, lung=None, edges=None, **_) -> np.ndarray:
+    """Edges of the image (in the lung, or the torso without one) grown by random dilation
+    phases, filled with a B-spline field, smoothed with a random sigma per component."""
+    m = exp.MaxDeform * exp.MixedFrequency_MaxDeformRatio
+    region = lung if (exp.UseLungMask and lung is not None and lung.any()) else torso
+    if region is None or not region.any():
+        raise RegNetError("mixed_frequency needs a lung or torso mask to place its edges.")
+    if edges is None:
+        if image is None:
+            raise RegNetError("mixed_frequency needs the image (for Canny edges) or precomputed edges.")
+        edges = canny_edges(image, exp)
+    mask = dilated_edge_mask(edges, region, exp.MixedFrequency_Np[number],
+                             max(1, round(exp.MixedFrequency_BlockRadius / stage)), rng)
+    dvf = random_bspline_field(geometry, exp.MixedFrequency_BSplineGridSpacing[number], m,
+                               exp.MixedFrequency_SetGridBorderToZero,
+                               exp.MixedFrequency_GridSmoothingSigma / stage, rng, "mixed")
+    lo, hi = exp.MixedFrequency_SigmaRange
+    for c in range(3):
+        dvf[..., c] = smooth(dvf[..., c] * mask[c], rng.uniform(lo / stage, hi / stage))
+    return normalize_max(dvf, m) if exp.DVFNormalization else dvf
+
+
+METHODS = {
+    "zero": zero,
+    "translation": translation,
+    "single_frequency": single_frequency,
+    "respiratory_motion": respiratory_motion,
+    "mixed_frequency": mixed_frequency,
+}
+
+
+def synthetic_dvf(method: str, geometry: Geometry, exp: DeformExp, number: int, stage: int, rng, **inputs):
+    """Dispatch by method name (``exp.method_of(dsmooth)`` gives ``method, number``)."""
+    try:
+        function = METHODS[method]
+    except KeyError:
+        raise RegNetError(f"Unknown deform method {method!r}; choose one of {sorted(METHODS)}.") from None
+    return function(geometry=geometry, exp=exp, number=number, stage=stage, rng=rng, **inputs)

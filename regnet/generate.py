@@ -1,0 +1,274 @@
+"""The offline synthetic-data job: every (data, case, type, dsmooth, stage) of the settings -> files.
+
+Two phases, each a set of independent joblib tasks: (1) the original image of every
+(data, case, type) on the stage grid with its lung and torso masks; (2) one synthetic pair per
+(…, dsmooth). Every file is written atomically and a pair's ``done.json`` last, so a killed job
+re-run skips what is finished and redoes the rest, bitwise the same: every draw is seeded by the
+stable hash of the task, never by order, process or clock. ``backend="dask"`` runs the same
+tasks on a ``dask.distributed`` cluster through joblib.
+
+Folder layout under the output root (``settings.OutputFolder``)::
+
+    settings.json                                       the resolved settings
+    {deform_exp}/{data}/{type}/{case}/stage{s}/
+        Original/Image.mha  Lung.mha  Torso.mha          base image on the stage grid (s mm)
+        Dsmooth0/DNext{d}/NextIm.mha NextLung.mha NextTorso.mha     base of dsmooth d > 0
+        Dsmooth{d}/{method}_D{n}/
+            DeformedImage_{chain}.mha                   fixed image: base(x + u(x)), augmented
+            DeformedDVF.mha                             u, mm, (x, y, z), on the fixed grid
+            DeformedLung.mha DeformedTorso.mha          masks warped with u (nearest)
+            Jac.mha                                     det(I + grad u)
+            done.json                                   statistics; written last
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from regnet import RegNetError
+from regnet.files import write_json_atomic
+from regnet.settings import Settings, load_settings
+
+CLI_HELP = "generate the synthetic pairs of a settings file (parallel, resumable, Dask-ready)"
+
+
+@dataclass(frozen=True, order=True)
+class Image:
+    """One original image on one stage grid."""
+
+    deform_exp: str
+    data: str
+    cn: str
+    type_im: int
+    stage: int
+
+
+@dataclass(frozen=True, order=True)
+class Pair:
+    """One synthetic pair: an image and a dsmooth number."""
+
+    image: Image
+    dsmooth: int
+
+
+def tasks(settings: Settings, which=("Training", "Validation")) -> tuple[list[Image], list[Pair]]:
+    """The unique images and pairs the settings ask for, in a fixed order."""
+    pairs = set()
+    for entry in settings.DataExpDict:
+        for mode in which:
+            for cn in getattr(entry, f"{mode}CNList"):
+                for type_im in getattr(entry, f"{mode}TypeImList"):
+                    image = Image(entry.deform_exp, entry.data, str(cn), int(type_im), settings.stage)
+                    for d in getattr(entry, f"{mode}DSmoothList"):
+                        pairs.add(Pair(image, int(d)))
+    pairs = sorted(pairs)
+    return sorted({p.image for p in pairs}), pairs
+
+
+# ---------------------------------------------------------------- paths
+def image_dir(root: Path, image: Image, settings: Settings) -> Path:
+    from regnet.layouts import load_layout
+
+    layout = load_layout(image.data, settings.DataFolder)
+    return Path(root) / image.deform_exp / image.data / layout.type_name(image.type_im) / image.cn / f"stage{image.stage}"
+
+
+def pair_dir(root: Path, pair: Pair, settings: Settings) -> Path:
+    method, number = settings.deform_exps[pair.image.deform_exp].method_of(pair.dsmooth)
+    return image_dir(root, pair.image, settings) / f"Dsmooth{pair.dsmooth}" / f"{method}_D{number}"
+
+
+def _rng(image: Image, dsmooth: int, purpose: str):
+    from regnet.seeding import rng_for
+
+    return rng_for(image.deform_exp, image.data, image.cn, image.type_im, dsmooth, image.stage, purpose)
+
+
+def _read(path: Path) -> sitk.Image:
+    return sitk.ReadImage(str(path))
+
+
+# ---------------------------------------------------------------- phase 1: originals
+def prepare_image(image: Image, settings: Settings, root) -> Path:
+    """The original image, lung and torso on the stage grid (``stage`` mm isotropic, direction
+    kept). Masks come from the layout when it has them, else from :mod:`regnet.masks`."""
+    from regnet.io import resample_isotropic, write_image
+    from regnet.layouts import load_layout
+    from regnet.masks import compute_masks
+
+    out = image_dir(root, image, settings) / "Original"
+    if (out / "Torso.mha").exists():
+        return out
+    layout = load_layout(image.data, settings.DataFolder)
+    original = layout.read_image(_case(image.cn, layout), image.type_im)
+    lung = layout.read_mask("lung", _case(image.cn, layout), image.type_im)
+    torso = layout.read_mask("torso", _case(image.cn, layout), image.type_im)
+    if lung is None or torso is None:
+        computed = compute_masks(original, fallback=None if layout.modality == "CT" else "otsu")
+        lung = lung if lung is not None else computed["lung"]
+        torso = torso if torso is not None else computed["torso"]
+    default = layout.default_pixel_value
+    on_grid = resample_isotropic(original, float(image.stage), "bspline", default)
+    on_grid = sitk.Cast(on_grid, sitk.sitkInt16) if on_grid.GetPixelID() != sitk.sitkInt16 else on_grid
+    write_image(resample_isotropic(sitk.Cast(lung, sitk.sitkUInt8), float(image.stage), "nearest"), out / "Lung.mha")
+    write_image(on_grid, out / "Image.mha")
+    write_image(resample_isotropic(sitk.Cast(torso, sitk.sitkUInt8), float(image.stage), "nearest"), out / "Torso.mha")
+    return out
+
+
+def _case(cn: str, layout):
+    """Tasks carry cases as strings; give the layout back its own value (int or string)."""
+    if isinstance(layout.case_list, list):
+        for case in layout.case_list:
+            if str(case) == cn:
+                return case
+    return int(cn) if layout.source == "phantom" else cn
+
+
+# ---------------------------------------------------------------- phase 2: pairs
+def _base_image(pair: Pair, settings: Settings, root: Path, default: float):
+    """Original for dsmooth 0, else the next image of this dsmooth (made once, kept on disk)."""
+    from regnet.deform.augment import next_image
+    from regnet.io import write_image
+
+    base = image_dir(root, pair.image, settings)
+    original = [_read(base / "Original" / f"{n}.mha") for n in ("Image", "Torso", "Lung")]
+    if pair.dsmooth == 0:
+        return original
+    folder = base / "Dsmooth0" / f"DNext{pair.dsmooth}"
+    files = [folder / f"{n}.mha" for n in ("NextIm", "NextTorso", "NextLung")]
+    if all(f.exists() for f in files):
+        return [_read(f) for f in files]
+    exp = settings.deform_exps[pair.image.deform_exp]
+    rngs = {k: _rng(pair.image, pair.dsmooth, k) for k in ("NextDVF", "NextSponge", "NextNoise")}
+    made = next_image(*original, exp, pair.image.stage, rngs, default)
+    # masks first, image last: its presence marks a complete set
+    write_image(made["torso"], files[1])
+    write_image(made["lung"], files[2])
+    write_image(made["image"], files[0])
+    return [made["image"], made["torso"], made["lung"]]
+
+
+def generate_pair(pair: Pair, settings: Settings, root) -> dict:
+    """Make one synthetic pair (skipped when its done.json exists). Returns its statistics."""
+    import json
+
+    from regnet.deform.augment import intensity_chain
+    from regnet.deform.field import jacobian_determinant, warp
+    from regnet.deform.methods import synthetic_dvf
+    from regnet.geometry import Geometry
+    from regnet.io import image_from_array, write_dvf, write_image
+    from regnet.layouts import load_layout
+
+    root = Path(root)
+    out = pair_dir(root, pair, settings)
+    if (out / "done.json").exists():
+        return {**json.loads((out / "done.json").read_text()), "skipped": True}
+    t0 = time.perf_counter()
+    exp = settings.deform_exps[pair.image.deform_exp]
+    default = load_layout(pair.image.data, settings.DataFolder).default_pixel_value
+    image, torso, lung = _base_image(pair, settings, root, default)
+    g = Geometry.of(image)
+    torso_arr = sitk.GetArrayViewFromImage(torso) > 0
+    lung_arr = sitk.GetArrayViewFromImage(lung) > 0
+    method, number = exp.method_of(pair.dsmooth)
+    dvf = synthetic_dvf(method, g, exp, number, pair.image.stage, _rng(pair.image, pair.dsmooth, method),
+                        image=image, torso=torso_arr, lung=lung_arr if exp.UseLungMask else None)
+    deformed = warp(image, dvf, "bspline", default, reference=g)
+    deformed_torso = warp(torso, dvf, "nearest", reference=g)
+    deformed_lung = warp(lung, dvf, "nearest", reference=g)
+    jac = jacobian_determinant(dvf, g)
+    rngs = {k: _rng(pair.image, pair.dsmooth, k) for k in ("Sponge", "Noise", "Occluded")}
+    final = intensity_chain(sitk.GetArrayViewFromImage(deformed), jac,
+                            sitk.GetArrayViewFromImage(deformed_torso) > 0,
+                            sitk.GetArrayViewFromImage(deformed_lung) > 0, exp, rngs)
+    chain = "_".join(exp.DeformedImExt)
+    write_dvf(dvf, out / "DeformedDVF.mha", reference=g)
+    write_image(deformed_torso, out / "DeformedTorso.mha")
+    write_image(deformed_lung, out / "DeformedLung.mha")
+    write_image(image_from_array(jac, g), out / "Jac.mha")
+    write_image(image_from_array(np.clip(np.round(final), -32768, 32767).astype(np.int16), g),
+                out / f"DeformedImage_{chain}.mha")
+    magnitude = np.sqrt((dvf.astype(np.float64) ** 2).sum(-1))
+    stats = {
+        "data": pair.image.data, "case": pair.image.cn, "type_im": pair.image.type_im,
+        "dsmooth": pair.dsmooth, "stage": pair.image.stage, "method": method, "deform_number": number,
+        "max_abs_component_mm": float(np.abs(dvf).max()), "max_magnitude_mm": float(magnitude.max()),
+        "mean_magnitude_in_torso_mm": float(magnitude[torso_arr].mean()) if torso_arr.any() else 0.0,
+        "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
+        "folded_fraction_in_torso": float((jac[torso_arr] <= 0).mean()) if torso_arr.any() else 0.0,
+        "deformed_image": f"DeformedImage_{chain}.mha",
+    }
+    write_json_atomic(out / "done.json", stats)  # last: marks the pair complete
+    return {**stats, "seconds": time.perf_counter() - t0, "skipped": False}
+
+
+# ---------------------------------------------------------------- the job
+def run(settings, jobs: int = 1, backend: str = "loky", scheduler: str | None = None,
+        which=("Training", "Validation"), progress: bool = True) -> list[dict]:
+    """Generate everything the settings ask for; returns one statistics dict per pair."""
+    import joblib
+    from tqdm.auto import tqdm
+
+    settings = settings if isinstance(settings, Settings) else load_settings(settings)
+    root = Path(settings.OutputFolder)
+    root.mkdir(parents=True, exist_ok=True)
+    settings.write_json(root / "settings.json")
+    images, pairs = tasks(settings, which)
+    client = None
+    if backend == "dask":
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise RegNetError("backend='dask' needs dask[distributed]: pip install 'regnet[dask]'.") from None
+        client = Client(scheduler) if scheduler else Client(processes=False)
+    elif backend not in ("loky", "threading", "sequential"):
+        raise RegNetError(f"Unknown backend {backend!r}; choose loky, threading or dask.")
+    try:
+        with joblib.parallel_config(backend="dask" if backend == "dask" else ("loky" if backend == "sequential" else backend),
+                                    n_jobs=1 if backend == "sequential" else jobs):
+            parallel = joblib.Parallel(return_as="generator_unordered")
+            for _ in tqdm(parallel(joblib.delayed(prepare_image)(i, settings, str(root)) for i in images),
+                          total=len(images), desc="originals + masks", disable=not progress, unit="image"):
+                pass
+            results = []
+            for stats in tqdm(parallel(joblib.delayed(generate_pair)(p, settings, str(root)) for p in pairs),
+                              total=len(pairs), desc="synthetic pairs", disable=not progress, unit="pair"):
+                results.append(stats)
+    finally:
+        if client is not None:
+            client.close()
+    return sorted(results, key=lambda s: (s["data"], s["case"], s["type_im"], s["dsmooth"]))
+
+
+def add_arguments(p) -> None:
+    p.add_argument("settings", type=Path, help="settings file (.json or .toml) in RegNet's vocabulary")
+    p.add_argument("--jobs", type=int, default=None, help="parallel workers (default: settings Jobs)")
+    p.add_argument("--backend", choices=["loky", "dask"], default="loky")
+    p.add_argument("--scheduler", default=None, help="dask scheduler address, e.g. tcp://10.0.0.1:8786")
+    p.add_argument("--out", type=Path, default=None, help="output root (default: settings OutputFolder)")
+    p.add_argument("--only", choices=["Training", "Validation"], default=None)
+
+
+def generate_command(args) -> int:
+    import dataclasses
+
+    settings = load_settings(args.settings)
+    if args.out is not None:
+        settings = dataclasses.replace(settings, OutputFolder=str(args.out))
+    which = (args.only,) if args.only else ("Training", "Validation")
+    t0 = time.perf_counter()
+    results = run(settings, jobs=args.jobs or settings.Jobs, backend=args.backend, scheduler=args.scheduler,
+                  which=which)
+    made = [r for r in results if not r["skipped"]]
+    print(f"{len(results)} pairs under {settings.OutputFolder} ({len(made)} made, "
+          f"{len(results) - len(made)} already there) in {time.perf_counter() - t0:.1f} s")
+    for r in results:
+        print(f"  {r['data']} case {r['case']} type {r['type_im']} dsmooth {r['dsmooth']:>3} {r['method']:<19}"
+              f" max|u| {r['max_magnitude_mm']:6.2f} mm  J [{r['jacobian_min']:.2f}, {r['jacobian_max']:.2f}]"
+              f"  folded {100 * r['folded_fraction_in_torso']:.3f}%")
+    return 0
