@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from regnet import RegNetError
-from regnet.files import write_json_atomic
+from regnet.files import remove_stale_temporaries, write_json_atomic
 from regnet.settings import Settings, load_settings
 
 CLI_HELP = "generate the synthetic pairs of a settings file (parallel, resumable, Dask-ready)"
@@ -217,6 +217,7 @@ def run(settings, jobs: int = 1, backend: str = "loky", scheduler: str | None = 
     settings = settings if isinstance(settings, Settings) else load_settings(settings)
     root = Path(settings.OutputFolder)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
     settings.write_json(root / "settings.json")
     images, pairs = tasks(settings, which)
     client = None
