@@ -32,6 +32,7 @@ import SimpleITK as sitk
 from regnet import RegNetError
 from regnet.files import remove_stale_temporaries, write_json_atomic
 from regnet.settings import Settings, load_settings
+from regnet.timing import step
 
 CLI_HELP = "generate the synthetic pairs of a settings file (parallel, resumable, Dask-ready)"
 
@@ -147,9 +148,9 @@ def _base_image(pair: Pair, settings: Settings, root: Path, default: float):
     rngs = {k: _rng(pair.image, pair.dsmooth, k) for k in ("NextDVF", "NextSponge", "NextNoise")}
     made = next_image(*original, exp, pair.image.stage, rngs, default)
     # masks first, image last: its presence marks a complete set
-    write_image(made["torso"], files[1])
-    write_image(made["lung"], files[2])
-    write_image(made["image"], files[0])
+    write_image(made["torso"], files[1], compress=False)
+    write_image(made["lung"], files[2], compress=False)
+    write_image(made["image"], files[0], compress=False)
     return [made["image"], made["torso"], made["lung"]]
 
 
@@ -158,7 +159,7 @@ def generate_pair(pair: Pair, settings: Settings, root) -> dict:
     import json
 
     from regnet.deform.augment import intensity_chain
-    from regnet.deform.field import jacobian_determinant, warp
+    from regnet.deform.field import jacobian_determinant, warp, warp_masks
     from regnet.deform.methods import synthetic_dvf
     from regnet.geometry import Geometry
     from regnet.io import image_from_array, write_dvf, write_image
@@ -171,28 +172,34 @@ def generate_pair(pair: Pair, settings: Settings, root) -> dict:
     t0 = time.perf_counter()
     exp = settings.deform_exps[pair.image.deform_exp]
     default = load_layout(pair.image.data, settings.DataFolder).default_pixel_value
-    image, torso, lung = _base_image(pair, settings, root, default)
+    with step("next image" if pair.dsmooth else "read original"):
+        image, torso, lung = _base_image(pair, settings, root, default)
     g = Geometry.of(image)
     torso_arr = sitk.GetArrayViewFromImage(torso) > 0
     lung_arr = sitk.GetArrayViewFromImage(lung) > 0
     method, number = exp.method_of(pair.dsmooth)
     dvf = synthetic_dvf(method, g, exp, number, pair.image.stage, _rng(pair.image, pair.dsmooth, method),
                         image=image, torso=torso_arr, lung=lung_arr if exp.UseLungMask else None)
-    deformed = warp(image, dvf, "bspline", default, reference=g)
-    deformed_torso = warp(torso, dvf, "nearest", reference=g)
-    deformed_lung = warp(lung, dvf, "nearest", reference=g)
-    jac = jacobian_determinant(dvf, g)
-    rngs = {k: _rng(pair.image, pair.dsmooth, k) for k in ("Sponge", "Noise", "Occluded")}
-    final = intensity_chain(sitk.GetArrayViewFromImage(deformed), jac,
-                            sitk.GetArrayViewFromImage(deformed_torso) > 0,
-                            sitk.GetArrayViewFromImage(deformed_lung) > 0, exp, rngs)
+    with step("warp image (cubic)"):
+        deformed = warp(image, dvf, "bspline", default, reference=g)
+    with step("warp masks (nearest)"):
+        deformed_torso, deformed_lung = warp_masks(torso, lung, dvf, g)
+    with step("Jacobian"):
+        jac = jacobian_determinant(dvf, g)
+    with step("intensity chain"):
+        rngs = {k: _rng(pair.image, pair.dsmooth, k) for k in ("Sponge", "Noise", "Occluded")}
+        final = intensity_chain(sitk.GetArrayViewFromImage(deformed), jac,
+                                sitk.GetArrayViewFromImage(deformed_torso) > 0,
+                                sitk.GetArrayViewFromImage(deformed_lung) > 0, exp, rngs)
     chain = "_".join(exp.DeformedImExt)
-    write_dvf(dvf, out / "DeformedDVF.mha", reference=g)
-    write_image(deformed_torso, out / "DeformedTorso.mha")
-    write_image(deformed_lung, out / "DeformedLung.mha")
-    write_image(image_from_array(jac, g), out / "Jac.mha")
-    write_image(image_from_array(np.clip(np.round(final), -32768, 32767).astype(np.int16), g),
-                out / f"DeformedImage_{chain}.mha")
+    with step("write files"):
+        # uncompressed, as RegNet: zlib costs ~3 s per 13M-voxel DVF, 20x the write itself
+        write_dvf(dvf, out / "DeformedDVF.mha", reference=g, compress=False)
+        write_image(deformed_torso, out / "DeformedTorso.mha", compress=False)
+        write_image(deformed_lung, out / "DeformedLung.mha", compress=False)
+        write_image(image_from_array(jac, g), out / "Jac.mha", compress=False)
+        write_image(image_from_array(np.clip(np.round(final), -32768, 32767).astype(np.int16), g),
+                    out / f"DeformedImage_{chain}.mha", compress=False)
     magnitude = np.sqrt((dvf.astype(np.float64) ** 2).sum(-1))
     stats = {
         "data": pair.image.data, "case": pair.image.cn, "type_im": pair.image.type_im,

@@ -179,11 +179,11 @@ def read_dvf(path) -> sitk.Image:
     return read_image(path, vector=True)
 
 
-def write_dvf(dvf, path, reference=None) -> Path:
+def write_dvf(dvf, path, reference=None, compress: bool = True) -> Path:
     image = dvf if isinstance(dvf, sitk.Image) else dvf_to_image(dvf, reference)
     if image.GetPixelID() != sitk.sitkVectorFloat32:
         image = sitk.Cast(image, sitk.sitkVectorFloat32)
-    return write_image(image, path)
+    return write_image(image, path, compress)
 
 
 # ---------------------------------------------------------------- resampling

@@ -75,3 +75,18 @@ def test_dense_bspline_matches_simpleitk_bspline_transform():
     ref = sitk.TransformToDisplacementField(tx, sitk.sitkVectorFloat64, list(g.size), (0, 0, 0), (1, 1, 1))
     np.testing.assert_allclose(dense_field(coeffs, g), sitk.GetArrayFromImage(ref), atol=1e-5)
     assert np.abs(coeffs[:, :1]).max() == 0 and np.abs(coeffs[:, :, :, -1:]).max() == 0   # border zeroed
+
+
+def test_packed_mask_warp_equals_two_simpleitk_nearest_warps(rotated_image):
+    from regnet.deform.field import warp_masks
+
+    g = Geometry.of(rotated_image)
+    array = sitk.GetArrayFromImage(rotated_image)
+    torso, lung = image_from_array((array > -0.5).astype(np.uint8), g), image_from_array((array > 0.7).astype(np.uint8), g)
+    u = dense_field(random_coefficients(g, (8, 8, 8), 3.0, 0, 0.0, np.random.default_rng(4)), g)
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(image_from_array(u.astype(np.float64), g),
+                                                          sitk.sitkVectorFloat64))
+    moved = warp_masks(torso, lung, u, g)
+    for ours, mask in zip(moved, (torso, lung)):
+        ref = sitk.Resample(mask, mask, transform, sitk.sitkNearestNeighbor, 0)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))

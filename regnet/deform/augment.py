@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from regnet.deform.bspline import random_bspline_field
-from regnet.deform.field import jacobian_determinant, warp
+from regnet.deform.field import jacobian_determinant, warp, warp_masks
 from regnet.geometry import Geometry
 from regnet.io import image_from_array
 from regnet.settings import DeformExp
@@ -95,8 +95,7 @@ def next_image(image: sitk.Image, torso: sitk.Image, lung: sitk.Image, exp: Defo
     if peak > m:
         dvf *= m / peak
     warped = warp(image, dvf, "bspline", default, reference=g)
-    next_torso = warp(torso, dvf, "nearest", reference=g)
-    next_lung = warp(lung, dvf, "nearest", reference=g)
+    next_torso, next_lung = warp_masks(torso, lung, dvf, g)
     torso_arr = sitk.GetArrayViewFromImage(next_torso) > 0
     arr = sponge(sitk.GetArrayViewFromImage(warped), jacobian_determinant(dvf, g), torso_arr, exp, rngs["NextSponge"])
     arr = noise(arr, torso_arr, exp.NextIm_SigmaN, 10.0, rngs["NextNoise"])

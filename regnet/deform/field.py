@@ -12,7 +12,7 @@ from regnet import RegNetError
 from regnet.geometry import Geometry
 from regnet.io import INTERPOLATORS, dvf_to_image
 
-__all__ = ["warp", "jacobian_determinant", "compose", "magnitude", "as_dvf_image"]
+__all__ = ["warp", "warp_masks", "jacobian_determinant", "compose", "magnitude", "as_dvf_image"]
 
 
 def as_dvf_image(dvf, reference=None) -> sitk.Image:
@@ -55,12 +55,35 @@ def warp(image: sitk.Image, dvf, interpolator: str = "bspline", default: float =
     return out
 
 
+def warp_masks(torso: sitk.Image, lung: sitk.Image, dvf, reference=None) -> tuple[sitk.Image, sitk.Image]:
+    """Warp two binary masks in one nearest-neighbour pass (packed as bits of one label image)."""
+    packed = sitk.Cast(torso > 0, sitk.sitkUInt8) + 2 * sitk.Cast(lung > 0, sitk.sitkUInt8)
+    moved = warp(packed, dvf, "nearest", 0, reference)
+    return sitk.Cast(sitk.And(moved, 1), sitk.sitkUInt8), sitk.Cast(sitk.And(moved, 2) > 0, sitk.sitkUInt8)
+
+
 def _array_and_geometry(dvf, reference=None) -> tuple[np.ndarray, Geometry]:
     if isinstance(dvf, sitk.Image):
         return sitk.GetArrayViewFromImage(dvf), Geometry.of(dvf)
     if reference is None:
         raise RegNetError("A DVF given as an array needs a reference image or Geometry for its grid.")
     return np.asarray(dvf), reference if isinstance(reference, Geometry) else Geometry.of(reference)
+
+
+def _central_difference(x: np.ndarray, axis: int, out: np.ndarray) -> np.ndarray:
+    """d x / d index along ``axis``: central inside, one-sided at the two ends (as np.gradient),
+    written into ``out`` without temporaries of the full size."""
+    n = x.shape[axis]
+
+    def sl(a, b):
+        return tuple(slice(a, b) if k == axis else slice(None) for k in range(x.ndim))
+
+    inner = out[sl(1, -1)]
+    np.subtract(x[sl(2, None)], x[sl(0, -2)], out=inner)
+    inner *= 0.5
+    np.subtract(x[sl(1, 2)], x[sl(0, 1)], out=out[sl(0, 1)])
+    np.subtract(x[sl(n - 1, n)], x[sl(n - 2, n - 1)], out=out[sl(n - 1, n)])
+    return out
 
 
 def jacobian_determinant(dvf, reference=None) -> np.ndarray:
@@ -71,18 +94,29 @@ def jacobian_determinant(dvf, reference=None) -> np.ndarray:
     result is right for anisotropic, rotated grids. u_x = a*x gives 1 + a.
     """
     u, g = _array_and_geometry(dvf, reference)
-    # d u_c / d index_k for k in (x, y, z); np.gradient works on array axes (z, y, x).
-    grad_index = np.empty(u.shape[:3] + (3, 3), dtype=np.float32)
+    # index_j = (D^T (p - o))_j / s_j  =>  d index_j / d p_k = (diag(1/s) D^T)[j, k]
+    index_per_mm = np.diag(1.0 / np.asarray(g.spacing)) @ g.matrix.T
+    array_axis = (2, 1, 0)  # index axis x, y, z -> NumPy axis
+    grad = np.empty((3, 3) + u.shape[:3], dtype=np.float32)  # grad[c, k] = d u_c / d p_k
+    diagonal = np.allclose(index_per_mm, np.diag(np.diag(index_per_mm)))
+    by_index = None if diagonal else np.empty((3,) + u.shape[:3], dtype=np.float32)
     for c in range(3):
-        dz, dy, dx = np.gradient(np.asarray(u[..., c], dtype=np.float32))
-        grad_index[..., c, 0], grad_index[..., c, 1], grad_index[..., c, 2] = dx, dy, dz
-    # index_k = (D^T (p - o))_k / s_k  =>  d index / d p = diag(1/s) D^T
-    index_per_mm = (np.diag(1.0 / np.asarray(g.spacing)) @ g.matrix.T).astype(np.float32)
-    grad = grad_index @ index_per_mm
-    grad[..., 0, 0] += 1.0
-    grad[..., 1, 1] += 1.0
-    grad[..., 2, 2] += 1.0
-    return np.linalg.det(grad).astype(np.float32)
+        component = np.ascontiguousarray(u[..., c], dtype=np.float32)
+        if diagonal:  # axis-aligned grid (flips allowed): index axis k is physical axis k
+            for k in range(3):
+                _central_difference(component, array_axis[k], grad[c, k])
+                grad[c, k] *= np.float32(index_per_mm[k, k])
+        else:
+            for j in range(3):
+                _central_difference(component, array_axis[j], by_index[j])
+            for k in range(3):
+                grad[c, k] = sum(np.float32(index_per_mm[j, k]) * by_index[j] for j in range(3))
+        grad[c, c] += 1.0
+    (a, b, c_), (d, e, f), (g_, h, i) = grad
+    det = a * (e * i - f * h)
+    det -= b * (d * i - f * g_)
+    det += c_ * (d * h - e * g_)
+    return det
 
 
 def compose(u, v, reference=None) -> np.ndarray:
