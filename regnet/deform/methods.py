@@ -76,12 +76,16 @@ def single_frequency(geometry: Geometry, exp: DeformExp, number: int, stage: int
 
 
 def _world_coordinate(geometry: Geometry, axis: int) -> np.ndarray:
-    """Physical coordinate ``axis`` (0=x, 1=y, 2=z) of every voxel, broadcastable (z, y, x)."""
+    """Physical coordinate ``axis`` (0=x, 1=y, 2=z) of every voxel as a broadcastable array:
+    only the index axes it depends on are materialised ((Z, 1, 1) for an axial volume's z)."""
     d, s, o = geometry.matrix, geometry.spacing, geometry.origin
     nx, ny, nz = geometry.size
-    return (o[axis] + d[axis, 0] * s[0] * np.arange(nx, dtype=np.float32)[None, None, :]
-            + d[axis, 1] * s[1] * np.arange(ny, dtype=np.float32)[None, :, None]
-            + d[axis, 2] * s[2] * np.arange(nz, dtype=np.float32)[:, None, None])
+    shapes = ((1, 1, nx), (1, ny, 1), (nz, 1, 1))
+    out = np.full((1, 1, 1), o[axis], np.float32)
+    for k, (n, shape) in enumerate(zip((nx, ny, nz), shapes)):
+        if d[axis, k] != 0:
+            out = out + (np.float32(d[axis, k] * s[k]) * np.arange(n, dtype=np.float32)).reshape(shape)
+    return out
 
 
 def respiratory_motion(geometry: Geometry, exp: DeformExp, number: int, stage: int, rng, torso=None,
@@ -119,15 +123,14 @@ def _respiratory_profile(geometry: Geometry, exp: DeformExp, rng, lung: np.ndarr
     t0 = rng.uniform(*exp.RespiratoryMotion_t0Range) * exp.RespiratoryMotion_t0
     s0 = rng.uniform(*exp.RespiratoryMotion_s0Range) * exp.RespiratoryMotion_s0
     delta = rng.uniform(*exp.RespiratoryMotion_DeltaRange)
-    wz = np.broadcast_to(_world_coordinate(geometry, 2), geometry.shape)
-    wy = np.broadcast_to(_world_coordinate(geometry, 1), geometry.shape)
-    z_lung = wz[lung]
+    wz, wy = _world_coordinate(geometry, 2), _world_coordinate(geometry, 1)
+    z_lung = np.broadcast_to(wz, geometry.shape)[lung]
     z_d, z_top = float(z_lung.min()), float(z_lung.max())
     e = max((z_top - z_d) / 2.0, 1e-3)
     alpha = 1.3 / e
     rel = np.clip(wz - z_d, 0.0, e)
     f = np.where(wz < z_d + e, 1.0 - np.log1p(rel * alpha) / np.log1p(e * alpha), 0.0).astype(np.float32)
-    c = float(wy[lung].max()) - delta
+    c = float(np.broadcast_to(wy, geometry.shape)[lung].max()) - delta
     dvf = np.zeros(geometry.shape + (3,), np.float32)
     dvf[..., 2] = t0 * f
     dvf[..., 1] = -(wy - c) * (s0 * f)
@@ -179,30 +182,47 @@ def dilated_edge_mask(edges: np.ndarray, region: np.ndarray, np_iterations: int,
                 for s, n in zip(ndimage.find_objects(available0.astype(np.uint8))[0], edges.shape))
     available = np.repeat(available0[box][None], 3, axis=0)
     dilated = available.copy()
+    # Candidates are re-listed only now and then; a drawn point that is no longer available is
+    # drawn again (rejection sampling: still uniform over the available points, and far cheaper
+    # than listing every point of the volume at each iteration).
     points = [np.flatnonzero(available[c]) for c in range(3)]
+    counts = [len(p) for p in points]
     b1, b2 = round(10 * np_iterations / 12), round(11 * np_iterations / 12)
-    full, conn18 = np.ones((3, 3, 3), bool), ndimage.generate_binary_structure(3, 2)
+    conn18 = ndimage.generate_binary_structure(3, 2)
     shape = available.shape[1:]
+    flat = available.reshape(3, -1)
+
+    def draw(c):
+        for _ in range(64):
+            index = points[c][rng.integers(len(points[c]))]
+            if flat[c, index]:
+                return index
+        points[c] = np.flatnonzero(flat[c])  # mostly exhausted: list again
+        return points[c][rng.integers(len(points[c]))]
+
+    def exhaust(c, block):
+        counts[c] -= int(available[c][block].sum())
+        available[c][block] = False
+
     for it in range(np_iterations):
-        if any(len(p) <= 4 for p in points):
+        if any(n <= 4 for n in counts):
             break
         for c in range(3):
-            centre = np.unravel_index(points[c][rng.integers(len(points[c]))], shape)
+            centre = np.unravel_index(draw(c), shape)
             block = tuple(slice(max(0, k - block_radius), min(n, k + block_radius + 1)) for k, n in zip(centre, shape))
-            if it == 0:
-                dilated[c] = ndimage.binary_dilation(dilated[c], full)
+            if it == 0:  # one full 3x3x3 dilation of the whole channel: SimpleITK's is multi-threaded
+                grown = sitk.BinaryDilate(sitk.GetImageFromArray(dilated[c].astype(np.uint8)), [1, 1, 1], sitk.sitkBox)
+                dilated[c] = sitk.GetArrayViewFromImage(grown) > 0
             elif it < b1:
                 dilated[c][block] = False                      # a zero-motion hole
             elif it < b2:
                 dilated[c][block] = ndimage.binary_dilation(dilated[c][block], conn18)
                 if it % 2 == 0:
-                    available[c][block] = False
+                    exhaust(c, block)
             else:
                 dilated[c][block] = ndimage.binary_dilation(dilated[c][block], _directional_element(it % 3))
                 if rng.random() < 0.7:
-                    available[c][block] = False
-            if it >= b1:
-                points[c] = np.flatnonzero(available[c])
+                    exhaust(c, block)
     out[(slice(None),) + box] = dilated
     return out
 
