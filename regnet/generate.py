@@ -114,7 +114,9 @@ def prepare_image(image: Image, settings: Settings, root) -> Path:
         torso = torso if torso is not None else computed["torso"]
     default = layout.default_pixel_value
     on_grid = resample_isotropic(original, float(image.stage), "bspline", default)
-    on_grid = sitk.Cast(on_grid, sitk.sitkInt16) if on_grid.GetPixelID() != sitk.sitkInt16 else on_grid
+    # CT stays Int16 as RegNet's files; anything else (e.g. normalised MR) is kept as Float32
+    is_float = original.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
+    on_grid = sitk.Cast(on_grid, sitk.sitkFloat32 if is_float else sitk.sitkInt16)
     write_image(resample_isotropic(sitk.Cast(lung, sitk.sitkUInt8), float(image.stage), "nearest"), out / "Lung.mha")
     write_image(on_grid, out / "Image.mha")
     write_image(resample_isotropic(sitk.Cast(torso, sitk.sitkUInt8), float(image.stage), "nearest"), out / "Torso.mha")
@@ -198,8 +200,7 @@ def generate_pair(pair: Pair, settings: Settings, root) -> dict:
         write_image(deformed_torso, out / "DeformedTorso.mha", compress=False)
         write_image(deformed_lung, out / "DeformedLung.mha", compress=False)
         write_image(image_from_array(jac, g), out / "Jac.mha", compress=False)
-        write_image(image_from_array(np.clip(np.round(final), -32768, 32767).astype(np.int16), g),
-                    out / f"DeformedImage_{chain}.mha", compress=False)
+        write_image(image_from_array(_like_base(final, image), g), out / f"DeformedImage_{chain}.mha", compress=False)
     magnitude = np.sqrt((dvf.astype(np.float64) ** 2).sum(-1))
     stats = {
         "data": pair.image.data, "case": pair.image.cn, "type_im": pair.image.type_im,
@@ -212,6 +213,13 @@ def generate_pair(pair: Pair, settings: Settings, root) -> dict:
     }
     write_json_atomic(out / "done.json", stats)  # last: marks the pair complete
     return {**stats, "seconds": time.perf_counter() - t0, "skipped": False}
+
+
+def _like_base(array: np.ndarray, base: sitk.Image) -> np.ndarray:
+    """The deformed image in the base image's pixel type (Int16 rounded and clipped, or float)."""
+    if base.GetPixelID() == sitk.sitkInt16:
+        return np.clip(np.round(array), -32768, 32767).astype(np.int16)
+    return array.astype(np.float32)
 
 
 # ---------------------------------------------------------------- the job

@@ -90,3 +90,10 @@ def test_packed_mask_warp_equals_two_simpleitk_nearest_warps(rotated_image):
     for ours, mask in zip(moved, (torso, lung)):
         ref = sitk.Resample(mask, mask, transform, sitk.sitkNearestNeighbor, 0)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))
+
+
+def test_a_grid_too_small_for_its_border_warns_that_the_field_is_zero():
+    g = Geometry((100, 100, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    with pytest.warns(UserWarning, match="field is zero"):
+        coeffs = random_coefficients(g, (50.0, 50.0, 50.0), 5.0, 1, 0.8, np.random.default_rng(0))
+    assert not coeffs.any()

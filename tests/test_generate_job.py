@@ -111,3 +111,31 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_files(reference, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert tree(tmp_path / "out") == tree(out)
+
+
+def test_generator_runs_on_mr_without_lungs(tmp_path, monkeypatch):
+    """Nothing lung-only: an MR volume through a user's own layout file (modality MR: Otsu body
+    mask, no lung), single- and mixed-frequency fields, float intensities kept."""
+    from tests.conftest import shared_file
+
+    source = shared_file("mr", "nilearn_mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "brain.nii.gz").symlink_to(source)
+    layouts = tmp_path / "layouts"
+    layouts.mkdir()
+    (layouts / "MyMR.toml").write_text('name = "MyMR"\nroot = "{DataFolder}"\nmodality = "MR"\n'
+                                       'types = ["t1"]\ncases = "auto"\nimage = "{cn}.nii.gz"\n'
+                                       'default_pixel_value = 0\n')
+    monkeypatch.setenv("REGNET_LAYOUTS_PATH", str(layouts))
+    settings = load_settings({"DataExpDict": [{"data": "MyMR", "deform_exp": "3D_max15_D14_K",
+                                               "TrainingCNList": ["brain"], "TrainingDSmoothList": [5, 9],
+                                               "ValidationDSmoothList": []}],
+                              "stage": 2, "DataFolder": str(data), "OutputFolder": str(tmp_path / "out")})
+    results = run(settings, jobs=1, progress=False)
+    assert [r["method"] for r in results] == ["single_frequency", "mixed_frequency"]
+    for r in results:
+        assert 0.1 < r["max_abs_component_mm"] <= 15.0 + 1e-4
+    stage = tmp_path / "out" / "3D_max15_D14_K" / "MyMR" / "t1" / "brain" / "stage2"
+    assert not sitk.GetArrayFromImage(sitk.ReadImage(str(stage / "Original" / "Lung.mha"))).any()
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(stage / "Original" / "Torso.mha"))).mean() > 0.1

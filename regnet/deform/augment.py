@@ -99,5 +99,7 @@ def next_image(image: sitk.Image, torso: sitk.Image, lung: sitk.Image, exp: Defo
     torso_arr = sitk.GetArrayViewFromImage(next_torso) > 0
     arr = sponge(sitk.GetArrayViewFromImage(warped), jacobian_determinant(dvf, g), torso_arr, exp, rngs["NextSponge"])
     arr = noise(arr, torso_arr, exp.NextIm_SigmaN, 10.0, rngs["NextNoise"])
-    out = image_from_array(np.clip(np.round(arr), -32768, 32767).astype(np.int16), g)
+    if image.GetPixelID() == sitk.sitkInt16:
+        arr = np.clip(np.round(arr), -32768, 32767).astype(np.int16)
+    out = image_from_array(arr, g)
     return {"image": out, "torso": next_torso, "lung": next_lung, "dvf": dvf}

@@ -12,6 +12,8 @@ initializer sets it) per axis, split into ``n = round(N * spacing / grid_mm)`` c
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -54,6 +56,10 @@ def random_coefficients(geometry: Geometry, grid_spacing_mm, max_deform: float, 
     """Coefficients (3, nz+3, ny+3, nx+3), components (x, y, z): U(-4M, 4M), border zeroed,
     Gaussian-smoothed with ``sigma`` (coefficient units), border zeroed again."""
     nx, ny, nz = grid_cells(geometry, grid_spacing_mm)
+    if border > 0 and min(nx, ny, nz) + 3 <= 2 * (border + 1):
+        warnings.warn(f"B-spline grid of {nx}x{ny}x{nz} cells (spacing {list(grid_spacing_mm)} mm on a "
+                      f"{geometry.size} grid) is too small for border {border}: the field is zero. "
+                      "Use a larger field of view or a smaller grid spacing.", stacklevel=2)
     coeffs = rng.uniform(-4 * max_deform, 4 * max_deform, size=(3, nz + 3, ny + 3, nx + 3))
     for c in range(3):
         if border > 0:
