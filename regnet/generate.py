@@ -23,6 +23,7 @@ Folder layout under the output root (``settings.OutputFolder``)::
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def generate_pair(pair: Pair, settings: Settings, root) -> dict:
     import json
 
     from regnet.deform.augment import intensity_chain
-    from regnet.deform.field import jacobian_determinant, warp, warp_masks
+    from regnet.deform.field import bspline_coefficients, jacobian_determinant, magnitude, warp, warp_masks
     from regnet.deform.methods import synthetic_dvf
     from regnet.geometry import Geometry
     from regnet.io import image_from_array, write_dvf, write_image
@@ -180,10 +181,12 @@ def generate_pair(pair: Pair, settings: Settings, root) -> dict:
     torso_arr = sitk.GetArrayViewFromImage(torso) > 0
     lung_arr = sitk.GetArrayViewFromImage(lung) > 0
     method, number = exp.method_of(pair.dsmooth)
-    dvf = synthetic_dvf(method, g, exp, number, pair.image.stage, _rng(pair.image, pair.dsmooth, method),
-                        image=image, torso=torso_arr, lung=lung_arr if exp.UseLungMask else None)
-    with step("warp image (cubic)"):
-        deformed = warp(image, dvf, "bspline", default, reference=g)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # B-spline coefficients while the DVF is drawn
+        coefficients = pool.submit(bspline_coefficients, image)
+        dvf = synthetic_dvf(method, g, exp, number, pair.image.stage, _rng(pair.image, pair.dsmooth, method),
+                            image=image, torso=torso_arr, lung=lung_arr if exp.UseLungMask else None)
+        with step("warp image (cubic)"):
+            deformed = warp(image, dvf, "bspline", default, reference=g, coefficients=coefficients.result())
     with step("warp masks (nearest)"):
         deformed_torso, deformed_lung = warp_masks(torso, lung, dvf, g)
     with step("Jacobian"):
@@ -201,12 +204,12 @@ def generate_pair(pair: Pair, settings: Settings, root) -> dict:
         write_image(deformed_lung, out / "DeformedLung.mha", compress=False)
         write_image(image_from_array(jac, g), out / "Jac.mha", compress=False)
         write_image(image_from_array(_like_base(final, image), g), out / f"DeformedImage_{chain}.mha", compress=False)
-    magnitude = np.sqrt((dvf.astype(np.float64) ** 2).sum(-1))
+    norm = magnitude(dvf)
     stats = {
         "data": pair.image.data, "case": pair.image.cn, "type_im": pair.image.type_im,
         "dsmooth": pair.dsmooth, "stage": pair.image.stage, "method": method, "deform_number": number,
-        "max_abs_component_mm": float(np.abs(dvf).max()), "max_magnitude_mm": float(magnitude.max()),
-        "mean_magnitude_in_torso_mm": float(magnitude[torso_arr].mean()) if torso_arr.any() else 0.0,
+        "max_abs_component_mm": float(max(-dvf.min(), dvf.max())), "max_magnitude_mm": float(norm.max()),
+        "mean_magnitude_in_torso_mm": float(norm[torso_arr].mean(dtype=np.float64)) if torso_arr.any() else 0.0,
         "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
         "folded_fraction_in_torso": float((jac[torso_arr] <= 0).mean()) if torso_arr.any() else 0.0,
         "deformed_image": f"DeformedImage_{chain}.mha",

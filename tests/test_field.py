@@ -97,3 +97,14 @@ def test_a_grid_too_small_for_its_border_warns_that_the_field_is_zero():
     with pytest.warns(UserWarning, match="field is zero"):
         coeffs = random_coefficients(g, (50.0, 50.0, 50.0), 5.0, 1, 0.8, np.random.default_rng(0))
     assert not coeffs.any()
+
+
+def test_warp_from_precomputed_coefficients_equals_plain_cubic_warp(rotated_image):
+    from regnet.deform.field import bspline_coefficients
+
+    g = Geometry.of(rotated_image)
+    u = dense_field(random_coefficients(g, (10, 10, 10), 2.0, 0, 0.0, np.random.default_rng(3)), g)
+    plain = sitk.GetArrayFromImage(warp(rotated_image, u, "bspline", -5.0, reference=g))
+    fast = sitk.GetArrayFromImage(warp(rotated_image, u, "bspline", -5.0, reference=g,
+                                       coefficients=bspline_coefficients(rotated_image)))
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
