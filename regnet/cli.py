@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 
 from regnet import RegNetError, __version__
+
+#: Subcommands whose module provides CLI_HELP, add_arguments(parser) and {name}_command(args).
+SUBCOMMANDS = {"phantom": "regnet.phantom", "masks": "regnet.masks", "generate": "regnet.generate"}
 
 
 def _cmd_info(args) -> int:
@@ -47,24 +51,6 @@ def _looks_like_dvf(path) -> bool:
         return False
 
 
-def _cmd_masks(args) -> int:
-    from regnet.masks import masks_command
-
-    return masks_command(args)
-
-
-def _cmd_phantom(args) -> int:
-    from regnet.phantom import phantom_command
-
-    return phantom_command(args)
-
-
-def _cmd_generate(args) -> int:
-    from regnet.generate import generate_command
-
-    return generate_command(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regnet", description="RegNet: supervised 3D deformable registration.")
     parser.add_argument("--version", action="version", version=f"regnet {__version__}")
@@ -76,15 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_info)
 
-    for name, func in (("masks", _cmd_masks), ("phantom", _cmd_phantom), ("generate", _cmd_generate)):
-        module = {"masks": "regnet.masks", "phantom": "regnet.phantom", "generate": "regnet.generate"}[name]
-        try:
-            __import__(module)
-        except ImportError:
-            continue  # expose only subcommands that exist
-        p = sub.add_parser(name, help=sys.modules[module].CLI_HELP)
-        sys.modules[module].add_arguments(p)
-        p.set_defaults(func=func)
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.CLI_HELP)
+        module.add_arguments(p)
+        p.set_defaults(func=getattr(module, f"{name}_command"))
     return parser
 
 

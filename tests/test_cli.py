@@ -40,3 +40,12 @@ def test_errors_are_one_clear_line(tmp_path):
     out = run("info", tmp_path / "missing.mha")
     assert out.returncode == 1
     assert out.stderr.strip() == f"regnet info: error: {tmp_path / 'missing.mha'}: no such file or folder."
+
+
+def test_generate_reports_a_bad_settings_file_in_one_line(tmp_path):
+    settings = tmp_path / "settings.toml"
+    settings.write_text('stage = 1\n[NetworkTraining]\nBatchSize = "15"\n'
+                        '[[DataExpDict]]\ndata = "Phantom"\ndeform_exp = "3D_max7_D14_K"\n')
+    out = run("generate", settings)
+    assert out.returncode == 1
+    assert out.stderr.strip() == "regnet generate: error: NetworkTraining.BatchSize must be a positive int, got '15'"
