@@ -136,3 +136,14 @@ def test_methods_on_real_ct_at_stage_2():
         method, number = EXP.method_of(d)
         u = synthetic_dvf(method, g, EXP, number, STAGE, rng_for("real", d), image=image, torso=torso, lung=lung)
         assert np.isfinite(u).all() and 0 < np.abs(u).max() <= limit_of(method, number) + 1e-4
+
+
+def test_separable_box_dilation_equals_scipy_binary_dilation():
+    from regnet.deform.methods import _box_dilate
+
+    mask = np.random.default_rng(0).random((30, 31, 32)) > 0.97
+    np.testing.assert_array_equal(_box_dilate(mask), ndimage.binary_dilation(mask, np.ones((3, 3, 3), bool)))
+    for axis in range(3):
+        element = np.zeros((9, 9, 9), bool)
+        element[tuple(slice(0, 5) if k == axis else slice(None) for k in range(3))] = True  # RegNet's directional element
+        np.testing.assert_array_equal(_box_dilate(mask, 9, axis=axis, length=5), ndimage.binary_dilation(mask, element))

@@ -155,12 +155,17 @@ def canny_edges(image: sitk.Image, exp: DeformExp, region: np.ndarray | None = N
     return out
 
 
-def _directional_element(axis: int) -> np.ndarray:
-    element = np.zeros((9, 9, 9), bool)
-    sl = [slice(None)] * 3
-    sl[axis] = slice(0, 5)
-    element[tuple(sl)] = True
-    return element
+def _box_dilate(mask: np.ndarray, size: int = 3, axis: int | None = None, length: int = 5) -> np.ndarray:
+    """Binary dilation by a box, as separable running maxima (exactly ``binary_dilation`` with
+    that element, tested, several times faster). With ``axis``, the element is RegNet's
+    directional one: a ``size``-cube whose first ``length`` slices along ``axis`` are set."""
+    out = mask.view(np.uint8)
+    for k in range(3):
+        if k == axis:
+            out = ndimage.maximum_filter1d(out, length, axis=k, origin=length // 2 - size // 2, mode="constant")
+        else:
+            out = ndimage.maximum_filter1d(out, size, axis=k, mode="constant")
+    return out.astype(bool)
 
 
 def dilated_edge_mask(edges: np.ndarray, region: np.ndarray, np_iterations: int, block_radius: int,
@@ -210,9 +215,8 @@ def dilated_edge_mask(edges: np.ndarray, region: np.ndarray, np_iterations: int,
         for c in range(3):
             centre = np.unravel_index(draw(c), shape)
             block = tuple(slice(max(0, k - block_radius), min(n, k + block_radius + 1)) for k, n in zip(centre, shape))
-            if it == 0:  # one full 3x3x3 dilation of the whole channel: SimpleITK's is multi-threaded
-                grown = sitk.BinaryDilate(sitk.GetImageFromArray(dilated[c].astype(np.uint8)), [1, 1, 1], sitk.sitkBox)
-                dilated[c] = sitk.GetArrayViewFromImage(grown) > 0
+            if it == 0:  # one full 3x3x3 dilation of the whole channel
+                dilated[c] = _box_dilate(dilated[c])
             elif it < b1:
                 dilated[c][block] = False                      # a zero-motion hole
             elif it < b2:
@@ -220,7 +224,7 @@ def dilated_edge_mask(edges: np.ndarray, region: np.ndarray, np_iterations: int,
                 if it % 2 == 0:
                     exhaust(c, block)
             else:
-                dilated[c][block] = ndimage.binary_dilation(dilated[c][block], _directional_element(it % 3))
+                dilated[c][block] = _box_dilate(dilated[c][block], 9, axis=it % 3, length=5)
                 if rng.random() < 0.7:
                     exhaust(c, block)
     out[(slice(None),) + box] = dilated
