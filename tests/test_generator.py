@@ -147,3 +147,15 @@ def test_separable_box_dilation_equals_scipy_binary_dilation():
         element = np.zeros((9, 9, 9), bool)
         element[tuple(slice(0, 5) if k == axis else slice(None) for k in range(3))] = True  # RegNet's directional element
         np.testing.assert_array_equal(_box_dilate(mask, 9, axis=axis, length=5), ndimage.binary_dilation(mask, element))
+
+
+def test_translation_is_a_constant_shift_within_max_deform():
+    g = Geometry((20, 18, 16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    shifts = []
+    for k in range(200):
+        u = synthetic_dvf("translation", g, EXP, 0, STAGE, rng_for("translation", k))
+        assert np.all(u == u[0, 0, 0])                        # the same vector everywhere
+        shifts.append(u[0, 0, 0])
+    shifts = np.asarray(shifts)
+    assert np.abs(shifts).max() <= EXP.MaxDeform * EXP.Translation_MaxDeformRatio[0]
+    assert 0.1 < (shifts == 0).mean() < 0.3                   # each axis is still with probability 0.2
