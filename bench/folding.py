@@ -18,7 +18,6 @@ from regnet.deform.field import jacobian_determinant
 from regnet.deform.methods import synthetic_dvf
 from regnet.geometry import Geometry
 from regnet.io import read_image, resample_isotropic
-from regnet.masks import compute_masks
 from regnet.phantom import PhantomSpec, make_phantom
 from regnet.seeding import rng_for
 from regnet.settings import load_deform_exp

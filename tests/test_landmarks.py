@@ -1,7 +1,6 @@
 """Landmark formats -> physical mm, with hand computations and SimpleITK as the references."""
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from regnet import RegNetError
 from regnet.geometry import Geometry

@@ -7,7 +7,7 @@ from regnet import RegNetError
 from regnet.geometry import Geometry
 from regnet.landmarks import landmark_distances
 from regnet.layouts import available_layouts, load_layout
-from tests.conftest import SHARED_DATA, shared_file
+from tests.conftest import shared_file
 
 PUBLISHED_MEAN_MM = [3.89, 4.34, 6.94, 9.83, 7.48, 10.89, 11.03, 14.99, 7.92, 7.30]
 
