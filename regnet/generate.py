@@ -22,6 +22,7 @@ Folder layout under the output root (``settings.OutputFolder``)::
 """
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -225,6 +226,14 @@ def _like_base(array: np.ndarray, base: sitk.Image) -> np.ndarray:
     return array.astype(np.float32)
 
 
+def _with_threads(function, threads: int | None, *args):
+    """Run a task with SimpleITK limited to ``threads`` (cores / jobs), so parallel jobs do not
+    oversubscribe the machine. Results do not depend on the thread count (tested)."""
+    if threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    return function(*args)
+
+
 # ---------------------------------------------------------------- the job
 def run(settings, jobs: int = 1, backend: str = "loky", scheduler: str | None = None,
         which=("Training", "Validation"), progress: bool = True) -> list[dict]:
@@ -251,11 +260,14 @@ def run(settings, jobs: int = 1, backend: str = "loky", scheduler: str | None = 
         with joblib.parallel_config(backend="dask" if backend == "dask" else ("loky" if backend == "sequential" else backend),
                                     n_jobs=1 if backend == "sequential" else jobs):
             parallel = joblib.Parallel(return_as="generator_unordered")
-            for _ in tqdm(parallel(joblib.delayed(prepare_image)(i, settings, str(root)) for i in images),
+            threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if backend != "dask" else None
+            for _ in tqdm(parallel(joblib.delayed(_with_threads)(prepare_image, threads, i, settings, str(root))
+                                   for i in images),
                           total=len(images), desc="originals + masks", disable=not progress, unit="image"):
                 pass
             results = []
-            for stats in tqdm(parallel(joblib.delayed(generate_pair)(p, settings, str(root)) for p in pairs),
+            for stats in tqdm(parallel(joblib.delayed(_with_threads)(generate_pair, threads, p, settings, str(root))
+                                       for p in pairs),
                               total=len(pairs), desc="synthetic pairs", disable=not progress, unit="pair"):
                 results.append(stats)
     finally:
