@@ -166,7 +166,7 @@ def generate_pair(pair: Pair, settings: Settings, root) -> dict:
     from regnet.deform.field import bspline_coefficients, jacobian_determinant, magnitude, warp, warp_masks
     from regnet.deform.methods import synthetic_dvf
     from regnet.geometry import Geometry
-    from regnet.io import image_from_array, write_dvf, write_image
+    from regnet.io import dvf_to_image, image_from_array, write_dvf, write_image
     from regnet.layouts import load_layout
 
     root = Path(root)
@@ -186,10 +186,11 @@ def generate_pair(pair: Pair, settings: Settings, root) -> dict:
         coefficients = pool.submit(bspline_coefficients, image)
         dvf = synthetic_dvf(method, g, exp, number, pair.image.stage, _rng(pair.image, pair.dsmooth, method),
                             image=image, torso=torso_arr, lung=lung_arr if exp.UseLungMask else None)
+        field = dvf_to_image(dvf, g)  # one displacement image for every warp below
         with step("warp image (cubic)"):
-            deformed = warp(image, dvf, "bspline", default, reference=g, coefficients=coefficients.result())
+            deformed = warp(image, field, "bspline", default, coefficients=coefficients.result())
     with step("warp masks (nearest)"):
-        deformed_torso, deformed_lung = warp_masks(torso, lung, dvf, g)
+        deformed_torso, deformed_lung = warp_masks(torso, lung, field)
     with step("Jacobian"):
         jac = jacobian_determinant(dvf, g)
     with step("intensity chain"):
@@ -200,7 +201,7 @@ def generate_pair(pair: Pair, settings: Settings, root) -> dict:
     chain = "_".join(exp.DeformedImExt)
     with step("write files"):
         # uncompressed, as RegNet: zlib costs ~3 s per 13M-voxel DVF, 20x the write itself
-        write_dvf(dvf, out / "DeformedDVF.mha", reference=g, compress=False)
+        write_dvf(field, out / "DeformedDVF.mha", compress=False)
         write_image(deformed_torso, out / "DeformedTorso.mha", compress=False)
         write_image(deformed_lung, out / "DeformedLung.mha", compress=False)
         write_image(image_from_array(jac, g), out / "Jac.mha", compress=False)
@@ -254,11 +255,11 @@ def run(settings, jobs: int = 1, backend: str = "loky", scheduler: str | None = 
         except ImportError:
             raise RegNetError("backend='dask' needs dask[distributed]: pip install 'regnet[dask]'.") from None
         client = Client(scheduler) if scheduler else Client(processes=False)
-    elif backend not in ("loky", "threading", "sequential"):
-        raise RegNetError(f"Unknown backend {backend!r}; choose loky, threading or dask.")
+    elif backend != "loky":
+        raise RegNetError(f"Unknown backend {backend!r}; choose loky or dask.")
     try:
-        with joblib.parallel_config(backend="dask" if backend == "dask" else ("loky" if backend == "sequential" else backend),
-                                    n_jobs=1 if backend == "sequential" else jobs):
+        # on Dask the cluster's workers set the parallelism; --jobs is for one machine
+        with joblib.parallel_config(backend=backend, n_jobs=-1 if backend == "dask" else jobs):
             parallel = joblib.Parallel(return_as="generator_unordered")
             threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if backend != "dask" else None
             for _ in tqdm(parallel(joblib.delayed(_with_threads)(prepare_image, threads, i, settings, str(root))

@@ -13,7 +13,7 @@ from scipy import ndimage
 from regnet.deform.bspline import random_bspline_field
 from regnet.deform.field import jacobian_determinant, warp, warp_masks
 from regnet.geometry import Geometry
-from regnet.io import image_from_array
+from regnet.io import dvf_to_image, image_from_array
 from regnet.settings import DeformExp
 
 
@@ -94,11 +94,12 @@ def next_image(image: sitk.Image, torso: sitk.Image, lung: sitk.Image, exp: Defo
     peak = float(np.abs(dvf).max())
     if peak > m:
         dvf *= m / peak
-    warped = warp(image, dvf, "bspline", default, reference=g)
-    next_torso, next_lung = warp_masks(torso, lung, dvf, g)
+    field = dvf_to_image(dvf, g)
+    warped = warp(image, field, "bspline", default)
+    next_torso, next_lung = warp_masks(torso, lung, field)
     torso_arr = sitk.GetArrayViewFromImage(next_torso) > 0
     arr = sponge(sitk.GetArrayViewFromImage(warped), jacobian_determinant(dvf, g), torso_arr, exp, rngs["NextSponge"])
-    arr = noise(arr, torso_arr, exp.NextIm_SigmaN, 10.0, rngs["NextNoise"])
+    arr = noise(arr, torso_arr, exp.NextIm_SigmaN, exp.Im_NoiseAverage, rngs["NextNoise"])
     if image.GetPixelID() == sitk.sitkInt16:
         arr = np.clip(np.round(arr), -32768, 32767).astype(np.int16)
     out = image_from_array(arr, g)

@@ -43,13 +43,12 @@ def warp(image: sitk.Image, dvf, interpolator: str = "bspline", default: float =
     """
     field = as_dvf_image(dvf, reference)
     g = Geometry.of(field)
-    field64 = sitk.Cast(field, sitk.sitkVectorFloat64)
     try:
         kind = INTERPOLATORS[interpolator]
     except KeyError:
         raise RegNetError(f"Unknown interpolator {interpolator!r}; choose one of {sorted(INTERPOLATORS)}.") from None
     if image.GetNumberOfComponentsPerPixel() > 1:
-        transform = sitk.DisplacementFieldTransform(sitk.Image(field64))
+        transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
         return sitk.Resample(image, list(g.size), transform, kind, g.origin, g.spacing, g.direction,
                              float(default), image.GetPixelID())
     pixel_id = image.GetPixelID()
@@ -58,9 +57,9 @@ def warp(image: sitk.Image, dvf, interpolator: str = "bspline", default: float =
         work, kind = coefficients, sitk.sitkBSplineResamplerOrder3
     warper = sitk.WarpImageFilter()
     warper.SetInterpolator(kind)
-    warper.SetOutputParameteresFromImage(field64)
+    warper.SetOutputParameteresFromImage(field)
     warper.SetEdgePaddingValue(float(default))
-    out = warper.Execute(work, field64)
+    out = warper.Execute(work, field)  # a float32 field is used as is: no 64-bit copy
     if out.GetPixelID() != pixel_id:
         if pixel_id not in (sitk.sitkFloat32, sitk.sitkFloat64):
             out = sitk.Round(out)

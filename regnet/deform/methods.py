@@ -113,7 +113,8 @@ def respiratory_motion(geometry: Geometry, exp: DeformExp, number: int, stage: i
     dvf += sf
     sigma = exp.RespiratoryMotion_BackgroundSmoothingSigma / stage * exp.MaxDeform / 7.0
     with step("mask to zero + smoothing"):
-        dvf = _mask_to_zero(dvf, torso if torso is not None else _mask_for(exp, torso, lung), sigma)
+        mask = _mask_for(exp, torso, lung)
+        dvf = _mask_to_zero(dvf, torso if mask is None else mask, sigma)  # mandatory for RM
     limit = 1.2 * exp.MaxDeform * exp.RespiratoryMotion_MaxDeformRatio
     return normalize_max(dvf, limit) if exp.DVFNormalization else dvf
 
@@ -168,9 +169,10 @@ def _box_dilate(mask: np.ndarray, size: int = 3, axis: int | None = None, length
     return out.astype(bool)
 
 
-def dilated_edge_mask(edges: np.ndarray, region: np.ndarray, np_iterations: int, block_radius: int,
+def dilated_edge_mask(edges: np.ndarray, near_region: np.ndarray, np_iterations: int, block_radius: int,
                       rng) -> np.ndarray:
-    """RegNet's random dilation phases on the edges inside ``region``: (3, z, y, x) bool, one
+    """RegNet's random dilation phases on the edges inside ``near_region`` (the lung dilated by
+    one voxel): (3, z, y, x) bool, one
     channel per DVF component: one full dilation, then zero-motion holes punched at random edge
     points, then growth in random blocks (18-connected, then directional 9^3 elements).
 
@@ -179,7 +181,7 @@ def dilated_edge_mask(edges: np.ndarray, region: np.ndarray, np_iterations: int,
     is exhausted the same way, in the growth phases only (exhausting during the hole phase as
     well leaves too few points to grow from, and the field vanishes). Work is confined to the
     region's bounding box."""
-    available0 = edges & ndimage.binary_dilation(region, np.ones((3, 3, 3), bool))
+    available0 = edges & near_region
     out = np.zeros((3,) + edges.shape, bool)
     if not available0.any():
         return out
@@ -239,13 +241,14 @@ def mixed_frequency(geometry: Geometry, exp: DeformExp, number: int, stage: int,
     region = lung if (exp.UseLungMask and lung is not None and lung.any()) else torso
     if region is None or not region.any():
         raise RegNetError("mixed_frequency needs a lung or torso mask to place its edges.")
+    near_region = _box_dilate(region)  # RegNet: Canny edges within the lung dilated by 1
     if edges is None:
         if image is None:
             raise RegNetError("mixed_frequency needs the image (for Canny edges) or precomputed edges.")
         with step("Canny edges"):
-            edges = canny_edges(image, exp, ndimage.binary_dilation(region, np.ones((3, 3, 3), bool)))
+            edges = canny_edges(image, exp, near_region)
     with step("dilation phases"):
-        mask = dilated_edge_mask(edges, region, exp.MixedFrequency_Np[number],
+        mask = dilated_edge_mask(edges, near_region, exp.MixedFrequency_Np[number],
                                  max(1, round(exp.MixedFrequency_BlockRadius / stage)), rng)
     with step("B-spline field"):
         dvf = random_bspline_field(geometry, exp.MixedFrequency_BSplineGridSpacing[number], m,
