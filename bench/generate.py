@@ -47,7 +47,8 @@ def prepare(path: Path, folder: Path):
 
 def one_method(dsmooth: int, folder: str, queue):
     """Run one pair through the job's own function in this (fresh) process."""
-    from regnet.generate import Image, Pair, generate_pair, image_dir
+    from regnet.generate import generate_pair, image_dir
+    from regnet.store import ImageId as Image, PairId as Pair
     from regnet.settings import load_settings
     from regnet.timing import recording
 

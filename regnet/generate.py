@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,58 +33,21 @@ import SimpleITK as sitk
 from regnet import RegNetError
 from regnet.files import remove_stale_temporaries, write_json_atomic
 from regnet.settings import Settings, load_settings
+from regnet.store import ImageId, PairId, PairStore, tasks
 from regnet.timing import step
 
 CLI_HELP = "generate the synthetic pairs of a settings file (parallel, resumable, Dask-ready)"
 
 
-@dataclass(frozen=True, order=True)
-class Image:
-    """One original image on one stage grid."""
-
-    deform_exp: str
-    data: str
-    cn: str
-    type_im: int
-    stage: int
+def image_dir(root: Path, image: ImageId, settings: Settings) -> Path:
+    return PairStore(settings, root).image_dir(image)
 
 
-@dataclass(frozen=True, order=True)
-class Pair:
-    """One synthetic pair: an image and a dsmooth number."""
-
-    image: Image
-    dsmooth: int
+def pair_dir(root: Path, pair: PairId, settings: Settings) -> Path:
+    return PairStore(settings, root).pair_dir(pair)
 
 
-def tasks(settings: Settings, which=("Training", "Validation")) -> tuple[list[Image], list[Pair]]:
-    """The unique images and pairs the settings ask for, in a fixed order."""
-    pairs = set()
-    for entry in settings.DataExpDict:
-        for mode in which:
-            for cn in getattr(entry, f"{mode}CNList"):
-                for type_im in getattr(entry, f"{mode}TypeImList"):
-                    image = Image(entry.deform_exp, entry.data, str(cn), int(type_im), settings.stage)
-                    for d in getattr(entry, f"{mode}DSmoothList"):
-                        pairs.add(Pair(image, int(d)))
-    pairs = sorted(pairs)
-    return sorted({p.image for p in pairs}), pairs
-
-
-# ---------------------------------------------------------------- paths
-def image_dir(root: Path, image: Image, settings: Settings) -> Path:
-    from regnet.layouts import load_layout
-
-    layout = load_layout(image.data, settings.DataFolder)
-    return Path(root) / image.deform_exp / image.data / layout.type_name(image.type_im) / image.cn / f"stage{image.stage}"
-
-
-def pair_dir(root: Path, pair: Pair, settings: Settings) -> Path:
-    method, number = settings.deform_exps[pair.image.deform_exp].method_of(pair.dsmooth)
-    return image_dir(root, pair.image, settings) / f"Dsmooth{pair.dsmooth}" / f"{method}_D{number}"
-
-
-def _rng(image: Image, dsmooth: int, purpose: str):
+def _rng(image: ImageId, dsmooth: int, purpose: str):
     from regnet.seeding import rng_for
 
     return rng_for(image.deform_exp, image.data, image.cn, image.type_im, dsmooth, image.stage, purpose)
@@ -96,7 +58,7 @@ def _read(path: Path) -> sitk.Image:
 
 
 # ---------------------------------------------------------------- phase 1: originals
-def prepare_image(image: Image, settings: Settings, root) -> Path:
+def prepare_image(image: ImageId, settings: Settings, root) -> Path:
     """The original image, lung and torso on the stage grid (``stage`` mm isotropic, direction
     kept). Masks come from the layout when it has them, else from :mod:`regnet.masks`."""
     from regnet.io import resample_isotropic, write_image
@@ -135,7 +97,7 @@ def _case(cn: str, layout):
 
 
 # ---------------------------------------------------------------- phase 2: pairs
-def _base_image(pair: Pair, settings: Settings, root: Path, default: float):
+def _base_image(pair: PairId, settings: Settings, root: Path, default: float):
     """Original for dsmooth 0, else the next image of this dsmooth (made once, kept on disk)."""
     from regnet.deform.augment import next_image
     from regnet.io import write_image
@@ -158,7 +120,7 @@ def _base_image(pair: Pair, settings: Settings, root: Path, default: float):
     return [made["image"], made["torso"], made["lung"]]
 
 
-def generate_pair(pair: Pair, settings: Settings, root) -> dict:
+def generate_pair(pair: PairId, settings: Settings, root) -> dict:
     """Make one synthetic pair (skipped when its done.json exists). Returns its statistics."""
     import json
 
