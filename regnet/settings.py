@@ -26,6 +26,8 @@ AG_MODES = ("Resp", "NoResp", "SingleResp", "SingleOnly", "MixedOnly")
 NETWORK_DESIGNS = ("crop4_connection", "decimation4", "unet1", "crop5_connection")
 METHODS = ("zero", "translation", "single_frequency", "mixed_frequency", "respiratory_motion")
 STAGES = (1, 2, 4)
+#: Paper patch radii (R, Ry) per network (regnet_spec.md section 3): input 2R+1, output 2Ry+1 voxels.
+PATCH_RADII = {"crop4_connection": (50, 10), "decimation4": (52, 10), "unet1": (62, 62), "crop5_connection": (62, 62)}
 
 POSITIVE = {"check": "positive"}
 NONNEGATIVE = {"check": "nonnegative"}
@@ -144,11 +146,25 @@ class Settings:
     OutputFolder: str = "./output"
     DeformExp: dict[str, dict] = field(default_factory=dict)
     Jobs: int = field(default=1, metadata=POSITIVE)
+    #: Patch radii of the network input (R) and output (Ry); None = the NetworkDesign's paper values.
+    R: int | None = field(default=None, metadata=POSITIVE)
+    Ry: int | None = field(default=None, metadata=NONNEGATIVE)
+    #: Random flips and axis permutations of patches (images and DVF together) while training.
+    Augmentation: bool = False
     #: Filled by load_settings: every deform_exp used, fully resolved.
     deform_exps: dict[str, DeformExp] = field(default_factory=dict, metadata={"internal": True})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def patch_radii(self) -> tuple[int, int]:
+        """(R, Ry): the settings' values, else the paper's for NetworkDesign. R == Ry means a
+        full-image network (unet1): whole images padded to 2R+1 per axis."""
+        r, ry = PATCH_RADII[self.NetworkDesign]
+        r, ry = self.R if self.R is not None else r, self.Ry if self.Ry is not None else ry
+        if ry > r:
+            raise RegNetError(f"Ry ({ry}) must not exceed R ({r}): the output patch lies inside the input patch.")
+        return r, ry
 
     def write_json(self, path) -> Path:
         """The resolved settings, written beside every output."""
