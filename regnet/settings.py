@@ -131,7 +131,15 @@ class NetworkRun:
     BatchSize: int | None = field(default=None, metadata=POSITIVE)
     MaxQueueSize: int | None = field(default=None, metadata=POSITIVE)
     LearningRate: float = field(default=1e-3, metadata=POSITIVE)
+    #: RegNet's optional decay: learning rate x LearningRate_Decay ** semi_epoch (None = constant).
+    LearningRate_Decay: float | None = field(default=None, metadata=POSITIVE)
     MaxIterations: int = field(default=10_000_000, metadata=POSITIVE)
+    #: Loss: Huber delta in mm (RegNet: 1 at every stage) + reg_weight x bending energy (RegNet: 0.1).
+    HuberDelta: float = field(default=1.0, metadata=POSITIVE)
+    reg_weight: float = field(default=0.1, metadata=NONNEGATIVE)
+    #: Steps between validation passes and between checkpoints (RegNet: 1000 for both).
+    ValidationEvery: int = field(default=1000, metadata=POSITIVE)
+    CheckpointEvery: int = field(default=1000, metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,10 @@ class Settings:
     Ry: int | None = field(default=None, metadata=NONNEGATIVE)
     #: Random flips and axis permutations of patches (images and DVF together) while training.
     Augmentation: bool = False
+    #: Network construction options (regnet.networks.NetworkOptions: width, batch_norm, intensity, ...).
+    NetworkOptions: dict = field(default_factory=dict)
+    MixedPrecision: bool = False
+    JitCompile: bool = False
     #: Filled by load_settings: every deform_exp used, fully resolved.
     deform_exps: dict[str, DeformExp] = field(default_factory=dict, metadata={"internal": True})
 

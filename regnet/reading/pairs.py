@@ -24,16 +24,23 @@ class LoadedPair:
     grid's own index axes (x, y, z) (= physical components for an identity direction)."""
 
     pair: PairId
-    moving: np.ndarray
-    fixed: np.ndarray
+    images: np.ndarray  # (z, y, x, 2): [moving, fixed], stacked so one copy cuts both channels
     dvf: np.ndarray
     torso: np.ndarray
     geometry: Geometry
     pad_value: float
 
     @property
+    def moving(self) -> np.ndarray:
+        return self.images[..., 0]
+
+    @property
+    def fixed(self) -> np.ndarray:
+        return self.images[..., 1]
+
+    @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.moving, self.fixed, self.dvf, self.torso))
+        return sum(a.nbytes for a in (self.images, self.dvf, self.torso))
 
 
 def dvf_in_grid_axes(dvf: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -88,6 +95,8 @@ def load_pair(store: PairStore, pair: PairId, generate_missing: bool = True) -> 
         raise RegNetError(f"{files.fixed_torso}: the torso mask is empty, so no patch centre can be drawn in it.")
     pad = float(layout.default_pixel_value)
     dvf = dvf_in_grid_axes(sitk.GetArrayFromImage(dvf_image), geometry)
-    return LoadedPair(pair=pair, moving=_masked(moving_image, moving_torso, pad),
-                      fixed=_masked(fixed_image, fixed_torso, pad), dvf=np.asarray(dvf, dtype=np.float32),
+    moving, fixed = _masked(moving_image, moving_torso, pad), _masked(fixed_image, fixed_torso, pad)
+    if moving.dtype != fixed.dtype:
+        moving, fixed = moving.astype(np.float32), fixed.astype(np.float32)
+    return LoadedPair(pair=pair, images=np.stack([moving, fixed], axis=-1), dvf=np.asarray(dvf, dtype=np.float32),
                       torso=fixed_torso, geometry=geometry, pad_value=pad)

@@ -146,12 +146,21 @@ class PatchReader:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._feeder = self._pool = self._loader = None
 
-    def as_dataset(self):
+    def seek(self, batch_number: int) -> None:
+        """Restart the stream at global batch ``batch_number`` (validation: batch of the pass)."""
+        self.close()
+        self.start = int(batch_number)
+        self.position = self.schedule.position_of(self.start)
+        self._queue = queue.Queue(maxsize=self.max_queue)
+        self._stop = threading.Event()
+        self._error = None
+
+    def as_dataset(self, first: int = 0):
         """This reader as a ``keras.utils.PyDataset`` for ``model.fit`` (training: infinite stream,
         give ``steps_per_epoch``; validation: one pass per call)."""
         from regnet.reading.dataset import ReaderDataset
 
-        return ReaderDataset(self)
+        return ReaderDataset(self, first)
 
     # ------------------------------------------------------------ internals
     def _thresholds(self) -> list[float]:
@@ -265,8 +274,7 @@ class PatchReader:
         for b, (i, flat, cls) in enumerate(rows):
             lp = chunk.pairs[i]
             centre = tuple(int(c) for c in np.unravel_index(flat, lp.dvf.shape[:3]))
-            cut(lp.moving, centre, self.R, x[b, ..., 0], lp.pad_value)
-            cut(lp.fixed, centre, self.R, x[b, ..., 1], lp.pad_value)
+            cut(lp.images, centre, self.R, x[b], lp.pad_value)  # both channels in one copy
             cut(lp.dvf, centre, self.Ry, y[b], 0.0)
             item = {"data": lp.pair.image.data, "case": lp.pair.image.cn, "type_im": lp.pair.image.type_im,
                     "dsmooth": lp.pair.dsmooth, "centre": centre, "class": int(cls),
