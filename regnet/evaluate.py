@@ -391,6 +391,7 @@ def add_arguments(p) -> None:
                    help="DVF sampling at landmarks: trilinear (default) or RegNet's nearest voxel")
     p.add_argument("--outside", choices=OUTSIDE, default="error",
                    help="fixed landmarks outside the DVF: stop with a list (default) or exclude and list them")
+    p.add_argument("--no-figures", action="store_true", help="numbers and report.html only (faster in batch runs)")
     p.add_argument("--name", default=None, help="name of this pair in reports (default: the DVF file name)")
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced as a whole if it holds a result)")
 
@@ -455,7 +456,7 @@ def evaluate_command(args) -> int:
         metrics["classes_mm"] = classes
     with result_folder(args.out) as tmp:
         figures = write_evaluation_report(tmp, metrics, errors, dvf, jac, fixed=fixed_img, moving=moving_img,
-                                          mask=args.mask)
+                                          figures=not args.no_figures)
         write_landmarks_csv(errors, tmp / "landmarks.csv")
         metrics["figures"] = figures
         metrics["seconds"]["total"] = round(time.perf_counter() - started, 3)

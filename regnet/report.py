@@ -210,12 +210,20 @@ def tre_scatter_png(initial, tre, path: Path) -> str:
 
 
 def write_evaluation_report(out: Path, metrics: dict, errors, dvf: sitk.Image, jac: np.ndarray,
-                            fixed: sitk.Image | None = None, moving: sitk.Image | None = None, mask=None) -> list[str]:
-    """All PNGs of one evaluation and ``report.html`` into ``out``; returns the PNG names."""
+                            fixed: sitk.Image | None = None, moving: sitk.Image | None = None,
+                            figures: bool = True) -> list[str]:
+    """All PNGs of one evaluation and ``report.html`` into ``out``; returns the PNG names.
+
+    Without ``fixed`` and ``moving`` the image figures (overlay, checkerboard) are left out;
+    ``figures=False`` writes the page with the tables only.
+    """
     from regnet.deform.field import magnitude, warp
     from regnet.io import image_from_array
 
     out = Path(out)
+    if not figures:
+        (out / "report.html").write_text(evaluation_html(metrics, []), encoding="utf-8")
+        return []
     g = Geometry.of(dvf)
     figures = []
     fixed_on = _on_grid(fixed, dvf) if fixed is not None else None
