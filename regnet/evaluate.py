@@ -455,10 +455,12 @@ def evaluate_command(args) -> int:
     if classes is not None:
         metrics["classes_mm"] = classes
     with result_folder(args.out) as tmp:
+        t0 = time.perf_counter()
         figures = write_evaluation_report(tmp, metrics, errors, dvf, jac, fixed=fixed_img, moving=moving_img,
                                           figures=not args.no_figures)
         write_landmarks_csv(errors, tmp / "landmarks.csv")
         metrics["figures"] = figures
+        metrics["seconds"]["figures_and_report"] = round(time.perf_counter() - t0, 3)
         metrics["seconds"]["total"] = round(time.perf_counter() - started, 3)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     t, i = metrics["tre_mm"], metrics["initial_mm"]
