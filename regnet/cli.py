@@ -10,7 +10,7 @@ from pathlib import Path
 from regnet import RegNetError, __version__
 
 #: Subcommands whose module provides CLI_HELP, add_arguments(parser) and {name}_command(args).
-SUBCOMMANDS = {"phantom": "regnet.phantom", "masks": "regnet.masks", "generate": "regnet.generate"}
+SUBCOMMANDS = {"phantom": "regnet.phantom", "masks": "regnet.masks", "generate": "regnet.generate", "evaluate": "regnet.evaluate", "compare": "regnet.report"}
 
 
 def _cmd_info(args) -> int:
