@@ -29,6 +29,7 @@ class LoadedPair:
     torso: np.ndarray
     geometry: Geometry
     pad_value: float
+    keep_alive: object = None  # the SimpleITK image whose buffer ``dvf`` may view (no copy)
 
     @property
     def moving(self) -> np.ndarray:
@@ -94,9 +95,9 @@ def load_pair(store: PairStore, pair: PairId, generate_missing: bool = True) -> 
     if not fixed_torso.any():
         raise RegNetError(f"{files.fixed_torso}: the torso mask is empty, so no patch centre can be drawn in it.")
     pad = float(layout.default_pixel_value)
-    dvf = dvf_in_grid_axes(sitk.GetArrayFromImage(dvf_image), geometry)
+    dvf = dvf_in_grid_axes(sitk.GetArrayViewFromImage(dvf_image), geometry)
     moving, fixed = _masked(moving_image, moving_torso, pad), _masked(fixed_image, fixed_torso, pad)
     if moving.dtype != fixed.dtype:
         moving, fixed = moving.astype(np.float32), fixed.astype(np.float32)
-    return LoadedPair(pair=pair, images=np.stack([moving, fixed], axis=-1), dvf=np.asarray(dvf, dtype=np.float32),
-                      torso=fixed_torso, geometry=geometry, pad_value=pad)
+    return LoadedPair(pair=pair, images=np.stack([moving, fixed], axis=-1), dvf=dvf,
+                      torso=fixed_torso, geometry=geometry, pad_value=pad, keep_alive=dvf_image)

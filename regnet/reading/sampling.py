@@ -41,10 +41,8 @@ class CandidateIndex:
 
     @classmethod
     def of(cls, dvf: np.ndarray, torso: np.ndarray, thresholds, margin: int) -> CandidateIndex:
-        candidates = centre_candidates(torso, margin).ravel()
-        classes = magnitude_classes(dvf, thresholds).ravel()
-        flat = np.flatnonzero(candidates).astype(np.int64)
-        labels = classes[flat]
+        flat = np.flatnonzero(centre_candidates(torso, margin))
+        labels = magnitude_classes(dvf.reshape(-1, 3)[flat], thresholds)  # only where centres may go
         return cls([flat[labels == k] for k in range(len(thresholds))])
 
     @property
