@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 from regnet import RegNetError
 from regnet.networks.layers import check_intensity
