@@ -25,7 +25,7 @@ class NetworkOptions:
     seed: int | None = None            # seed of the input noise generator
 
     def channels(self, c: int) -> int:
-        return max(1, int(round(c * self.width)))
+        return max(1, round(c * self.width))
 
     def to_dict(self) -> dict:
         return asdict(self)
