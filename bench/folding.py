@@ -4,8 +4,8 @@
 
 For each deform experiment at its own stage (3D_max7 at 1 mm, 3D_max15 at 2 mm, 3D_max20 at
 4 mm) and each of the 14 dsmooth slots, fields are drawn on a chest CT (POPI from
-../shared/data when present, cropped as in bench/generate.py, else the built-in phantom) and the folded fraction of torso
-voxels, min J and the 1st/99th percentiles of J are printed.
+../shared/data when present, cropped as in bench/generate.py, else the built-in phantom) and the
+folded fraction of torso voxels, min J and the 1st/99th percentiles of J are printed.
 """
 import argparse
 import tempfile
@@ -55,7 +55,8 @@ def main():
                 continue
             folded, jmin, p1, p99 = [], [], [], []
             for seed in range(args.seeds):
-                inputs = {k: v for k, v in {"image": im, "torso": torso, "lung": lung}.items() if k in inputs_of(method)}
+                available = {"image": im, "torso": torso, "lung": lung}
+                inputs = {k: v for k, v in available.items() if k in inputs_of(method)}
                 u = synthetic_dvf(method, g, exp, number, rng_for("folding", exp_name, d, seed), **inputs)
                 j = jacobian_determinant(u, g)[torso]
                 folded.append((j <= 0).mean())

@@ -351,7 +351,8 @@ def _check_deform_exp(exp: DeformExp) -> None:
                 "RespiratoryMotion_BSplineGridSpacing"):
         for i, spacing in enumerate(getattr(exp, key)):
             if len(spacing) != 3 or min(spacing) <= 0:
-                raise RegNetError(f"{where}.{key}[{i}] must be three positive grid spacings (x, y, z) in mm, got {spacing}")
+                raise RegNetError(f"{where}.{key}[{i}] must be three positive grid spacings (x, y, z) in mm, "
+                                  f"got {spacing}")
     for key in ("MixedFrequency_SigmaRange", "RespiratoryMotion_DeltaRange", "Sponge_JacobianClip",
                 "Sponge_ScaleRange", "Occlusion_IntensityRange", "RespiratoryMotion_t0Range",
                 "RespiratoryMotion_s0Range"):
