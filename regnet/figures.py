@@ -13,6 +13,7 @@ def orthogonal_slices_png(image: sitk.Image, path, overlays: dict | None = None,
                           title: str | None = None, center_xyz=None) -> Path:
     """Axial, coronal and sagittal slices through the centre (or ``center_xyz`` indices), drawn
     with physical aspect ratios in radiological view (patient right on the left, anterior up)."""
+    # lazy: matplotlib costs ~0.3 s to import and only --png needs it; Agg draws without a display
     import matplotlib
 
     matplotlib.use("Agg")
