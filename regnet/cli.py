@@ -13,7 +13,14 @@ from regnet import RegNetError, __version__
 from regnet.io import describe, read_image
 
 #: Subcommands whose module provides CLI_HELP, add_arguments(parser) and {name}_command(args).
-SUBCOMMANDS = {"phantom": "regnet.phantom", "masks": "regnet.masks", "generate": "regnet.generate", "evaluate": "regnet.evaluate", "compare": "regnet.report"}
+SUBCOMMANDS = {
+    "phantom": "regnet.phantom",
+    "masks": "regnet.masks",
+    "generate": "regnet.generate",
+    "train": "regnet.train",
+    "evaluate": "regnet.evaluate",
+    "compare": "regnet.report",
+}
 
 
 def _cmd_info(args) -> int:

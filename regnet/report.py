@@ -46,7 +46,8 @@ def result_folder(out):
             raise RegNetError(f"--out {out} is a file; give a folder.")
         if any(out.iterdir()) and not any((out / m).is_file() for m in RESULT_MARKERS):
             raise RegNetError(f"--out {out} exists and is not an earlier regnet evaluate/compare result "
-                              f"(no {' or '.join(RESULT_MARKERS)}); refusing to replace it. Choose a new or empty folder.")
+                              f"(no {' or '.join(RESULT_MARKERS)}); refusing to replace it. "
+                              "Choose a new or empty folder.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{time.time_ns()}"
     tmp = out.with_name(f".{out.name}.tmp-{tag}")
@@ -308,7 +309,8 @@ def evaluation_html(metrics: dict, figures: list[str]) -> str:
                      [[jac["folding_percent"], jac["sdlogj"], jac["min"], jac["max"], jac["mean"], jac["n_voxels"]]])]
     if "inverse_consistency_mm" in metrics:
         parts += ["<h3>Inverse consistency (mm)</h3>", _table(["", "mean", "std", "median", "p95", "max", "n"],
-                                                            _stats_rows({"|u + v(x+u)|": metrics["inverse_consistency_mm"]}))]
+                                                            _stats_rows({"|u + v(x+u)|":
+                                                                         metrics["inverse_consistency_mm"]}))]
     if "dvf_error_mm" in metrics:
         e = metrics["dvf_error_mm"]
         rows = _stats_rows({"all": e})
@@ -417,7 +419,8 @@ def compare_html(result: dict, figures: list[str]) -> str:
                   _table(["method", *pairs], [[r["method"], *(r["per_pair"].get(p) for p in pairs)]
                                               for r in result["table"][1:]])]
     parts += [f"<h2>Wilcoxon signed-rank p-values</h2><p>{html.escape(result['test'])}.</p>",
-              _table(["method A", "method B", "p", "n"], [[w["a"], w["b"], w["p"], w["n"]] for w in result["wilcoxon"]])]
+              _table(["method A", "method B", "p", "n"],
+                     [[w["a"], w["b"], w["p"], w["n"]] for w in result["wilcoxon"]])]
     for name in figures:
         parts.append(f"<figure><img src=\"{html.escape(name)}\" alt=\"{html.escape(name)}\"></figure>")
     parts += ["<h2>Inputs</h2>", _table(["method", "folder"], list(zip(result["methods"], result["folders"]))),

@@ -165,7 +165,7 @@ class Settings:
     #: Random flips and axis permutations of patches (images and DVF together) while training.
     Augmentation: bool = False
     #: Network construction options (regnet.networks.NetworkOptions: width, batch_norm, intensity, ...).
-    NetworkOptions: dict = field(default_factory=dict)
+    NetworkOptions: dict[str, object] = field(default_factory=dict)
     MixedPrecision: bool = False
     JitCompile: bool = False
     #: Filled by load_settings: every deform_exp used, fully resolved.

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from regnet import RegNetError
 from regnet.files import write_json_atomic
+from regnet.seeding import seed_for
 from regnet.settings import Settings, load_settings
 
 CLI_HELP = "train a RegNet network on synthetic pairs (resumable; TensorBoard in DIR/logs)"
@@ -103,8 +104,7 @@ class Trainer:
 
     # ------------------------------------------------------------ model
     def build_model(self):
-        from regnet import losses, networks
-        from regnet.metrics import class_metrics
+        from regnet import networks
 
         r, ry = self.settings.patch_radii()
         name = self.settings.NetworkDesign
@@ -115,6 +115,8 @@ class Trainer:
         if out_size != 2 * ry + 1:
             raise RegNetError(f"{name} maps an input of {2 * r + 1} voxels to {out_size}, but Ry = {ry} asks for "
                               f"{2 * ry + 1}; set Ry = {(out_size - 1) // 2}.")
+        # initial weights from the stable seed hash, as every other draw: the same settings train the same model
+        self.keras.utils.set_random_seed(seed_for("network initialisation", name, self.settings.stage) % 2**31)
         model = networks.build(name, input_size=2 * r + 1, **self.settings.NetworkOptions)
         self.compile(model)
         return model
@@ -172,7 +174,6 @@ class Trainer:
         from regnet.reading import PatchReader
         from regnet.training_callbacks import callbacks_for
 
-        keras = self.keras
         run = self.settings.NetworkTraining
         total = int(max_steps or run.MaxIterations)
         step = self.last_step()

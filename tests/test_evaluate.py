@@ -255,7 +255,8 @@ def test_bad_input_gets_clear_errors(tmp_path, rotated):
     far = points.copy()
     far[1] += 1000.0
     far[3] -= 1000.0
-    with pytest.raises(RegNetError, match=r"2 of 5 fixed landmarks lie outside the DVF grid: #2 at .*; #4 at .*--outside exclude"):
+    message = r"2 of 5 fixed landmarks lie outside the DVF grid: #2 at .*; #4 at .*--outside exclude"
+    with pytest.raises(RegNetError, match=message):
         landmark_errors(dvf, far, points)
     metrics, errors, _ = evaluate(dvf, far, points, outside="exclude")
     assert [o["number"] for o in metrics["landmarks"]["outside_dvf"]] == [2, 4]
@@ -327,7 +328,8 @@ def test_cli_evaluate_and_compare_end_to_end(tmp_path, capsys):
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     tre = {name: np.array([float(r["tre_mm"]) for r in csv.DictReader((d / "landmarks.csv").read_text().splitlines())])
            for name, d in (("linear", out_a), ("nearest", out_b))}
-    assert result["wilcoxon"][0]["p"] == pytest.approx(wilcoxon(tre["linear"], tre["nearest"], zero_method="zsplit").pvalue)
+    expected = wilcoxon(tre["linear"], tre["nearest"], zero_method="zsplit").pvalue
+    assert result["wilcoxon"][0]["p"] == pytest.approx(expected)
     assert [r["method"] for r in result["table"]] == ["initial", "linear", "nearest"]
     page = (tmp_path / "cmp" / "report.html").read_text()
     assert all((tmp_path / "cmp" / n).is_file() for n in re.findall(r'<img src="([^"]+)"', page))
@@ -356,7 +358,8 @@ def test_cli_dirlab_index_files_with_a_layout(tmp_path, capsys):
     coarse = Geometry(tuple(int(n) for n in np.ceil(extent / 8.0) + 2), (8.0, 8.0, 8.0),
                       tuple(float(v) - 4.0 for v in g.origin))
     write_dvf(np.zeros(coarse.shape + (3,), np.float32), tmp_path / "zero.mha", reference=coarse)
-    assert main(["evaluate", "--dvf", str(tmp_path / "zero.mha"), "--fixed-landmarks", str(root / "Case1_300_T00_xyz.txt"),
+    assert main(["evaluate", "--dvf", str(tmp_path / "zero.mha"),
+                 "--fixed-landmarks", str(root / "Case1_300_T00_xyz.txt"),
                  "--moving-landmarks", str(root / "Case1_300_T50_xyz.txt"), "--layout", "DIR-Lab_4D", "--case", "1",
                  "--no-figures", "--out", str(tmp_path / "out")]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

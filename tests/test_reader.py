@@ -63,7 +63,8 @@ def test_patches_equal_the_files_at_the_reported_centre(root):
             assert x.shape == (6, 2 * R + 1, 2 * R + 1, 2 * R + 1, 2) and x.dtype == np.float32
             assert y.shape == (6, 2 * RY + 1, 2 * RY + 1, 2 * RY + 1, 3) and y.dtype == np.float32
             for b, item in enumerate(info):
-                pair = next(p for p in reader.pairs if (p.image.type_im, p.dsmooth) == (item["type_im"], item["dsmooth"]))
+                pair = next(p for p in reader.pairs
+                            if (p.image.type_im, p.dsmooth) == (item["type_im"], item["dsmooth"]))
                 if pair not in files:
                     f = store.files(pair)
                     files[pair] = [sitk.ReadImage(str(p)) for p in (f.dvf, f.fixed, f.moving, f.fixed_torso)]
@@ -114,6 +115,7 @@ def test_resume_from_a_batch_number_continues_the_stream(root):
         stream = take(reader, 9)
     with PatchReader(settings, start=6) as resumed:
         for (x, y, info), (x2, y2, info2) in zip(stream[6:], take(resumed, 3)):
+            np.testing.assert_array_equal(y, y2)
             assert info == info2
             np.testing.assert_array_equal(x, x2)
 

@@ -114,7 +114,7 @@ class PatchReader:
                 item = self._queue.get(timeout=0.1)
             except queue.Empty:
                 if self._feeder is not None and not self._feeder.is_alive() and self._queue.empty():
-                    raise self._error or RegNetError("PatchReader was closed.")
+                    raise self._error or RegNetError("PatchReader was closed.") from None
                 continue
             if item is _END:
                 raise self._error or RegNetError("PatchReader was closed.")

@@ -1,0 +1,96 @@
+"""Training: exact resume, checkpoints and files, and the errors that protect a run."""
+import json
+
+import numpy as np
+import pytest
+
+from regnet import RegNetError
+from regnet.generate import run
+from regnet.settings import load_settings
+from regnet.train import Trainer, settings_difference, train
+
+pytest.importorskip("keras")
+
+BASE = {
+    "DataExpDict": [{"data": "Phantom", "deform_exp": "3D_max15_D14_K", "TrainingCNList": [1],
+                     "TrainingTypeImList": [0], "TrainingDSmoothList": [0, 4],
+                     "ValidationCNList": [1], "ValidationTypeImList": [0], "ValidationDSmoothList": [5]}],
+    "stage": 2, "R": 42, "Ry": 2,  # crop4 at its smallest: 85^3 -> 5^3
+    "NetworkOptions": {"width": 0.125, "input_noise": 0.0},
+    "NetworkTraining": {"NumberOfImagesPerChunk": 2, "SamplesPerImage": 6, "BatchSize": 2,
+                        "ValidationEvery": 2, "CheckpointEvery": 2},
+    "NetworkValidation": {"NumberOfImagesPerChunk": 1, "SamplesPerImage": 2, "BatchSize": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pairs")
+    run(load_settings({**BASE, "OutputFolder": str(out)}), progress=False)
+    return out
+
+
+def settings_for(pairs, **extra):
+    return load_settings({**BASE, "OutputFolder": str(pairs), **extra})
+
+
+def weights(folder):
+    import keras
+
+    return keras.saving.load_model(folder / "checkpoint" / "model.keras", compile=False).get_weights()
+
+
+def test_k_steps_resume_k_steps_equals_2k_steps(pairs, tmp_path):
+    settings = settings_for(pairs)
+    train(settings, tmp_path / "straight", max_steps=4, progress=False)
+    train(settings, tmp_path / "resumed", max_steps=2, progress=False)
+    assert json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text()) == {"step": 2}
+    summary = train(settings, tmp_path / "resumed", max_steps=4, progress=False)
+    assert summary["steps"] == 4
+    for a, b in zip(weights(tmp_path / "straight"), weights(tmp_path / "resumed")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for name in ("model.keras", "settings.json", "history.csv", "checkpoint/settings.json"):
+        assert (tmp_path / "resumed" / name).is_file(), name
+    history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
+    assert "val_epe" in history[0] and len(history) == 3  # header + a validation at steps 2 and 4
+
+
+@pytest.fixture(scope="module")
+def trained(pairs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(settings_for(pairs), out, max_steps=2, progress=False)
+    return out
+
+
+def test_resuming_with_changed_settings_names_the_keys(pairs, trained):
+    changed = settings_for(pairs, NetworkTraining={**BASE["NetworkTraining"], "LearningRate": 0.01})
+    with pytest.raises(RegNetError, match=r"NetworkTraining.LearningRate differ.*--force"):
+        Trainer(changed, trained, progress=False)
+    forced = Trainer(changed, trained, force=True, progress=False)
+    assert forced.out == trained.with_name("run_1") and forced.last_step() == 0
+
+
+def test_settings_difference_ignores_where_and_how_long():
+    old = {"OutputFolder": "a", "NetworkTraining": {"MaxIterations": 5, "BatchSize": 2}, "stage": 1}
+    new = {"OutputFolder": "b", "NetworkTraining": {"MaxIterations": 9, "BatchSize": 3}, "stage": 2}
+    assert settings_difference(old, new) == ["NetworkTraining.BatchSize", "stage"]
+
+
+def test_out_that_is_a_file_is_refused(pairs, tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(RegNetError, match="is a file"):
+        Trainer(settings_for(pairs), tmp_path / "f", progress=False)
+
+
+def test_a_patch_size_the_network_cannot_take_is_named(pairs, tmp_path):
+    with pytest.raises(RegNetError, match=r"maps an input of 85 voxels to 5, but Ry = 3 asks for 7; set Ry = 2"):
+        Trainer(settings_for(pairs, Ry=3), tmp_path / "run", progress=False).build_model()
+
+
+def test_a_checkpoint_of_another_network_is_refused(pairs, trained):
+    other = settings_for(pairs, NetworkDesign="decimation4", R=44, Ry=2)
+    with pytest.raises(RegNetError, match=r"\(NetworkDesign, R differ\)"):
+        Trainer(other, trained, progress=False)
+    (trained / "settings.json").write_text(json.dumps(other.to_dict()))  # settings say decimation4, file is crop4
+    with pytest.raises(RegNetError, match="holds another network or patch size"):
+        Trainer(other, trained, progress=False).load_checkpoint()
