@@ -3,7 +3,7 @@
     python RunRegNet3D.py [--jobs N] [--out DIR]
 
 Uses the procedural chest-CT phantom (data 'Phantom': cases are seeds), so nothing is
-downloaded. Point 'data' at another layout in data_layouts/ (DIR-Lab_4D, POPI, Folder, ...)
+downloaded. Point 'data' at another data layout (DIR-Lab_4D, POPI, Folder, ... in regnet/data_layouts/)
 and 'DataFolder' at your files to run on real images. Re-running resumes: finished pairs are
 skipped. The resolved settings are written to OUT/settings.json.
 """
@@ -44,7 +44,8 @@ def main():
         values["OutputFolder"] = args.out
     settings = load_settings(values)
     results = run(settings, jobs=args.jobs or settings.Jobs)
-    print(f"\n{len(results)} synthetic pairs in {settings.OutputFolder} (settings: {settings.OutputFolder}/settings.json)")
+    print(f"\n{len(results)} synthetic pairs in {settings.OutputFolder} "
+          f"(settings: {settings.OutputFolder}/settings.json)")
     for r in results:
         state = "kept" if r["skipped"] else f"{r['seconds']:.1f} s"
         print(f"  case {r['case']} dsmooth {r['dsmooth']:>2} {r['method']:<19} max|u| {r['max_magnitude_mm']:5.2f} mm"

@@ -4,8 +4,8 @@
 
 For each deform experiment at its own stage (3D_max7 at 1 mm, 3D_max15 at 2 mm, 3D_max20 at
 4 mm) and each of the 14 dsmooth slots, fields are drawn on a chest CT (POPI from
-../shared/data when present, cropped as in bench/generate.py, else the built-in phantom) and the folded fraction of torso
-voxels, min J and the 1st/99th percentiles of J are printed.
+../shared/data when present, cropped as in bench/generate.py, else the built-in phantom) and the
+folded fraction of torso voxels, min J and the 1st/99th percentiles of J are printed.
 """
 import argparse
 import tempfile
@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from regnet.deform.field import jacobian_determinant
-from regnet.deform.methods import synthetic_dvf
+from regnet.deform.methods import inputs_of, synthetic_dvf
 from regnet.geometry import Geometry
 from regnet.io import read_image, resample_isotropic
 from regnet.phantom import PhantomSpec, make_phantom
@@ -55,8 +55,9 @@ def main():
                 continue
             folded, jmin, p1, p99 = [], [], [], []
             for seed in range(args.seeds):
-                u = synthetic_dvf(method, g, exp, number, stage, rng_for("folding", exp_name, d, seed),
-                                  image=im, torso=torso, lung=lung)
+                available = {"image": im, "torso": torso, "lung": lung}
+                inputs = {k: v for k, v in available.items() if k in inputs_of(method)}
+                u = synthetic_dvf(method, g, exp, number, rng_for("folding", exp_name, d, seed), **inputs)
                 j = jacobian_determinant(u, g)[torso]
                 folded.append((j <= 0).mean())
                 jmin.append(j.min())

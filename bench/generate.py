@@ -47,15 +47,16 @@ def prepare(path: Path, folder: Path):
 
 def one_method(dsmooth: int, folder: str, queue):
     """Run one pair through the job's own function in this (fresh) process."""
-    from regnet.generate import generate_pair, image_dir
-    from regnet.store import ImageId as Image, PairId as Pair
+    from regnet.generate import generate_pair
     from regnet.settings import load_settings
+    from regnet.store import ImageId, PairId, PairStore
     from regnet.timing import recording
 
     settings = load_settings({"DataExpDict": [{"data": "Folder", "deform_exp": "3D_max7_D14_K"}],
                               "DataFolder": folder, "OutputFolder": str(Path(folder) / "out"), "stage": 1})
-    pair = Pair(Image("3D_max7_D14_K", "Folder", "image", 0, 1), dsmooth)
-    original = image_dir(Path(folder) / "out", pair.image, settings) / "Original"
+    store = PairStore(settings)
+    pair = PairId(ImageId("3D_max7_D14_K", "Folder", "image", 0, 1), dsmooth)
+    original = store.original_dir(pair.image)
     original.mkdir(parents=True, exist_ok=True)
     for name, target in (("image", "Image"), ("torso", "Torso"), ("lung", "Lung")):
         link = original / f"{target}.mha"
@@ -63,7 +64,7 @@ def one_method(dsmooth: int, folder: str, queue):
             link.symlink_to(Path(folder) / f"{name}.mha")
     t0 = time.perf_counter()
     with recording() as steps:
-        stats = generate_pair(pair, settings, Path(folder) / "out")
+        stats = generate_pair(pair, store)
     total = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     queue.put((dsmooth, stats, total, dict(steps), peak))

@@ -41,7 +41,8 @@ def main():
     for name, size, spacing, masks, seconds, dices in rows:
         extra = f"  Dice lung {dices[0]:.3f}, torso {dices[1]:.3f}" if dices else ""
         print(f"{name:<42} {'x'.join(map(str, size)):<18} {'x'.join(f'{s:.3g}' for s in spacing):<20} "
-              f"{mask_volume_litres(masks['lung']):7.2f} {mask_volume_litres(masks['torso']):8.2f} {seconds:6.1f}{extra}")
+              f"{mask_volume_litres(masks['lung']):7.2f} {mask_volume_litres(masks['torso']):8.2f} "
+              f"{seconds:6.1f}{extra}")
 
 
 if __name__ == "__main__":

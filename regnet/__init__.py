@@ -4,12 +4,8 @@ Conventions (fixed, see docs in README): arrays are NumPy ``(z, y, x)``; a DVF a
 ``(z, y, x, 3)`` float32 in millimetres with components in physical ``(x, y, z)`` order,
 defined on the fixed grid, ``x_moving = x_fixed + u(x_fixed)``.
 """
-from pathlib import Path
 
 __version__ = "0.1.0"
-
-#: The repository root, where ``settings/`` and ``data_layouts/`` live (editable install).
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class RegNetError(Exception):

@@ -7,17 +7,18 @@ import json
 import sys
 from pathlib import Path
 
+import SimpleITK as sitk
+
 from regnet import RegNetError, __version__
+from regnet.io import describe, read_image
 
 #: Subcommands whose module provides CLI_HELP, add_arguments(parser) and {name}_command(args).
-SUBCOMMANDS = {"phantom": "regnet.phantom", "masks": "regnet.masks", "generate": "regnet.generate"}
+SUBCOMMANDS = {"phantom": "regnet.phantom", "masks": "regnet.masks", "generate": "regnet.generate", "evaluate": "regnet.evaluate", "compare": "regnet.report"}
 SUBCOMMANDS["register"] = "regnet.register"
 SUBCOMMANDS["register-series"] = "regnet.register"
 
 
 def _cmd_info(args) -> int:
-    from regnet.io import describe, read_image
-
     image = read_image(args.path, volume=args.volume, vector=_looks_like_dvf(args.path))
     info = {"path": str(args.path), **describe(image)}
     if args.json:
@@ -39,8 +40,6 @@ def _cmd_info(args) -> int:
 
 
 def _looks_like_dvf(path) -> bool:
-    import SimpleITK as sitk
-
     path = Path(path)
     if path.is_dir():
         return False

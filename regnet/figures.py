@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from regnet.files import atomic_path
@@ -12,6 +13,7 @@ def orthogonal_slices_png(image: sitk.Image, path, overlays: dict | None = None,
                           title: str | None = None, center_xyz=None) -> Path:
     """Axial, coronal and sagittal slices through the centre (or ``center_xyz`` indices), drawn
     with physical aspect ratios in radiological view (patient right on the left, anterior up)."""
+    # lazy: matplotlib costs ~0.3 s to import and only --png needs it; Agg draws without a display
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,3 +49,17 @@ def orthogonal_slices_png(image: sitk.Image, path, overlays: dict | None = None,
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return path
+
+
+def orthogonal_views(image: sitk.Image, center_xyz=None) -> list[tuple]:
+    """``[(name, slice, aspect, origin)]`` for axial, coronal and sagittal cuts of ``image``
+    (scalar or vector) in radiological display (LPS, as :func:`orthogonal_slices_png`), ready for
+    ``imshow(slice, aspect=aspect, origin=origin)``. ``center_xyz`` indexes the LPS-oriented grid."""
+    oriented = sitk.DICOMOrient(image, "LPS")
+    array = sitk.GetArrayViewFromImage(oriented)
+    sx, sy, sz = oriented.GetSpacing()
+    nz, ny, nx = array.shape[:3]
+    cx, cy, cz = center_xyz if center_xyz is not None else (nx // 2, ny // 2, nz // 2)
+    # copies: the view's buffer belongs to ``oriented``, which dies with this function
+    return [("axial", np.array(array[cz]), sy / sx, "upper"), ("coronal", np.array(array[:, cy, :]), sz / sx, "lower"),
+            ("sagittal", np.array(array[:, :, cx]), sz / sy, "lower")]

@@ -7,21 +7,12 @@ re-run skips what is finished and redoes the rest, bitwise the same: every draw 
 stable hash of the task, never by order, process or clock. ``backend="dask"`` runs the same
 tasks on a ``dask.distributed`` cluster through joblib.
 
-Folder layout under the output root (``settings.OutputFolder``)::
-
-    settings.json                                       the resolved settings
-    {deform_exp}/{data}/{type}/{case}/stage{s}/
-        Original/Image.mha  Lung.mha  Torso.mha          base image on the stage grid (s mm)
-        Dsmooth0/DNext{d}/NextIm.mha NextLung.mha NextTorso.mha     base of dsmooth d > 0
-        Dsmooth{d}/{method}_D{n}/
-            DeformedImage_{chain}.mha                   fixed image: base(x + u(x)), augmented
-            DeformedDVF.mha                             u, mm, (x, y, z), on the fixed grid
-            DeformedLung.mha DeformedTorso.mha          masks warped with u (nearest)
-            Jac.mha                                     det(I + grad u)
-            done.json                                   statistics; written last
+Where the files go (and which pairs are done) is :mod:`regnet.store`'s job: one
+:class:`~regnet.store.PairStore` per run, its data layouts loaded once and shipped with every task.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +22,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from regnet import RegNetError
+from regnet.deform.augment import intensity_chain, next_image
+from regnet.deform.field import bspline_coefficients, jacobian_determinant, magnitude, warp, warp_masks
+from regnet.deform.methods import inputs_of, synthetic_dvf
 from regnet.files import remove_stale_temporaries, write_json_atomic
+from regnet.geometry import Geometry
+from regnet.io import dvf_to_image, image_from_array, resample_isotropic, write_dvf, write_image
+from regnet.masks import compute_masks
+from regnet.seeding import rng_for
 from regnet.settings import Settings, load_settings
 from regnet.store import ImageId, PairId, PairStore, tasks
 from regnet.timing import step
@@ -39,17 +37,7 @@ from regnet.timing import step
 CLI_HELP = "generate the synthetic pairs of a settings file (parallel, resumable, Dask-ready)"
 
 
-def image_dir(root: Path, image: ImageId, settings: Settings) -> Path:
-    return PairStore(settings, root).image_dir(image)
-
-
-def pair_dir(root: Path, pair: PairId, settings: Settings) -> Path:
-    return PairStore(settings, root).pair_dir(pair)
-
-
 def _rng(image: ImageId, dsmooth: int, purpose: str):
-    from regnet.seeding import rng_for
-
     return rng_for(image.deform_exp, image.data, image.cn, image.type_im, dsmooth, image.stage, purpose)
 
 
@@ -58,32 +46,31 @@ def _read(path: Path) -> sitk.Image:
 
 
 # ---------------------------------------------------------------- phase 1: originals
-def prepare_image(image: ImageId, settings: Settings, root) -> Path:
+def prepare_image(image: ImageId, store: PairStore) -> Path:
     """The original image, lung and torso on the stage grid (``stage`` mm isotropic, direction
     kept). Masks come from the layout when it has them, else from :mod:`regnet.masks`."""
-    from regnet.io import resample_isotropic, write_image
-    from regnet.layouts import load_layout
-    from regnet.masks import compute_masks
-
-    out = image_dir(root, image, settings) / "Original"
+    out = store.original_dir(image)
     if (out / "Torso.mha").exists():
         return out
-    layout = load_layout(image.data, settings.DataFolder)
-    original = layout.read_image(_case(image.cn, layout), image.type_im)
-    lung = layout.read_mask("lung", _case(image.cn, layout), image.type_im)
-    torso = layout.read_mask("torso", _case(image.cn, layout), image.type_im)
+    layout = store.layout(image.data)
+    case = _case(image.cn, layout)
+    original = layout.read_image(case, image.type_im)
+    lung = layout.read_mask("lung", case, image.type_im)
+    torso = layout.read_mask("torso", case, image.type_im)
     if lung is None or torso is None:
         computed = compute_masks(original, fallback=None if layout.modality == "CT" else "otsu")
         lung = lung if lung is not None else computed["lung"]
         torso = torso if torso is not None else computed["torso"]
     default = layout.default_pixel_value
-    on_grid = resample_isotropic(original, float(image.stage), "bspline", default)
+    spacing = float(image.stage)
+    on_grid = resample_isotropic(original, spacing, "bspline", default)
     # CT stays Int16 as RegNet's files; anything else (e.g. normalised MR) is kept as Float32
     is_float = original.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
     on_grid = sitk.Cast(on_grid, sitk.sitkFloat32 if is_float else sitk.sitkInt16)
-    write_image(resample_isotropic(sitk.Cast(lung, sitk.sitkUInt8), float(image.stage), "nearest"), out / "Lung.mha")
+    write_image(resample_isotropic(sitk.Cast(lung, sitk.sitkUInt8), spacing, "nearest"), out / "Lung.mha")
     write_image(on_grid, out / "Image.mha")
-    write_image(resample_isotropic(sitk.Cast(torso, sitk.sitkUInt8), float(image.stage), "nearest"), out / "Torso.mha")
+    # the torso last: its presence marks a complete set
+    write_image(resample_isotropic(sitk.Cast(torso, sitk.sitkUInt8), spacing, "nearest"), out / "Torso.mha")
     return out
 
 
@@ -97,22 +84,19 @@ def _case(cn: str, layout):
 
 
 # ---------------------------------------------------------------- phase 2: pairs
-def _base_image(pair: PairId, settings: Settings, root: Path, default: float):
+def _base_image(pair: PairId, store: PairStore, default: float):
     """Original for dsmooth 0, else the next image of this dsmooth (made once, kept on disk)."""
-    from regnet.deform.augment import next_image
-    from regnet.io import write_image
-
-    base = image_dir(root, pair.image, settings)
-    original = [_read(base / "Original" / f"{n}.mha") for n in ("Image", "Torso", "Lung")]
+    original_dir = store.original_dir(pair.image)
+    original = [_read(original_dir / f"{n}.mha") for n in ("Image", "Torso", "Lung")]
     if pair.dsmooth == 0:
         return original
-    folder = base / "Dsmooth0" / f"DNext{pair.dsmooth}"
-    files = [folder / f"{n}.mha" for n in ("NextIm", "NextTorso", "NextLung")]
+    names = store.files(pair)
+    files = [names.moving, names.moving_torso, store.next_dir(pair) / "NextLung.mha"]
     if all(f.exists() for f in files):
         return [_read(f) for f in files]
-    exp = settings.deform_exps[pair.image.deform_exp]
+    exp = store.settings.deform_exps[pair.image.deform_exp]
     rngs = {k: _rng(pair.image, pair.dsmooth, k) for k in ("NextDVF", "NextSponge", "NextNoise")}
-    made = next_image(*original, exp, pair.image.stage, rngs, default)
+    made = next_image(*original, exp, rngs, default)
     # masks first, image last: its presence marks a complete set
     write_image(made["torso"], files[1], compress=False)
     write_image(made["lung"], files[2], compress=False)
@@ -120,34 +104,24 @@ def _base_image(pair: PairId, settings: Settings, root: Path, default: float):
     return [made["image"], made["torso"], made["lung"]]
 
 
-def generate_pair(pair: PairId, settings: Settings, root) -> dict:
+def generate_pair(pair: PairId, store: PairStore) -> dict:
     """Make one synthetic pair (skipped when its done.json exists). Returns its statistics."""
-    import json
-
-    from regnet.deform.augment import intensity_chain
-    from regnet.deform.field import bspline_coefficients, jacobian_determinant, magnitude, warp, warp_masks
-    from regnet.deform.methods import synthetic_dvf
-    from regnet.geometry import Geometry
-    from regnet.io import dvf_to_image, image_from_array, write_dvf, write_image
-    from regnet.layouts import load_layout
-
-    root = Path(root)
-    out = pair_dir(root, pair, settings)
-    if (out / "done.json").exists():
-        return {**json.loads((out / "done.json").read_text()), "skipped": True}
+    if store.is_done(pair):
+        return {**store.done_stats(pair), "skipped": True}
     t0 = time.perf_counter()
-    exp = settings.deform_exps[pair.image.deform_exp]
-    default = load_layout(pair.image.data, settings.DataFolder).default_pixel_value
+    exp = store.settings.deform_exps[pair.image.deform_exp]
+    default = store.layout(pair.image.data).default_pixel_value
     with step("next image" if pair.dsmooth else "read original"):
-        image, torso, lung = _base_image(pair, settings, root, default)
+        image, torso, lung = _base_image(pair, store, default)
     g = Geometry.of(image)
     torso_arr = sitk.GetArrayViewFromImage(torso) > 0
     lung_arr = sitk.GetArrayViewFromImage(lung) > 0
-    method, number = exp.method_of(pair.dsmooth)
+    method, number = store.method_of(pair)
+    available = {"image": image, "torso": torso_arr, "lung": lung_arr if exp.UseLungMask else None}
+    inputs = {name: value for name, value in available.items() if name in inputs_of(method)}
     with ThreadPoolExecutor(max_workers=1) as pool:  # B-spline coefficients while the DVF is drawn
         coefficients = pool.submit(bspline_coefficients, image)
-        dvf = synthetic_dvf(method, g, exp, number, pair.image.stage, _rng(pair.image, pair.dsmooth, method),
-                            image=image, torso=torso_arr, lung=lung_arr if exp.UseLungMask else None)
+        dvf = synthetic_dvf(method, g, exp, number, _rng(pair.image, pair.dsmooth, method), **inputs)
         field = dvf_to_image(dvf, g)  # one displacement image for every warp below
         with step("warp image (cubic)"):
             deformed = warp(image, field, "bspline", default, coefficients=coefficients.result())
@@ -160,14 +134,15 @@ def generate_pair(pair: PairId, settings: Settings, root) -> dict:
         final = intensity_chain(sitk.GetArrayViewFromImage(deformed), jac,
                                 sitk.GetArrayViewFromImage(deformed_torso) > 0,
                                 sitk.GetArrayViewFromImage(deformed_lung) > 0, exp, rngs)
-    chain = "_".join(exp.DeformedImExt)
+    files = store.files(pair)
+    out = store.pair_dir(pair)
     with step("write files"):
         # uncompressed, as RegNet: zlib costs ~3 s per 13M-voxel DVF, 20x the write itself
-        write_dvf(field, out / "DeformedDVF.mha", compress=False)
-        write_image(deformed_torso, out / "DeformedTorso.mha", compress=False)
+        write_dvf(field, files.dvf, compress=False)
+        write_image(deformed_torso, files.fixed_torso, compress=False)
         write_image(deformed_lung, out / "DeformedLung.mha", compress=False)
         write_image(image_from_array(jac, g), out / "Jac.mha", compress=False)
-        write_image(image_from_array(_like_base(final, image), g), out / f"DeformedImage_{chain}.mha", compress=False)
+        write_image(image_from_array(_like_base(final, image), g), files.fixed, compress=False)
     norm = magnitude(dvf)
     stats = {
         "data": pair.image.data, "case": pair.image.cn, "type_im": pair.image.type_im,
@@ -176,9 +151,9 @@ def generate_pair(pair: PairId, settings: Settings, root) -> dict:
         "mean_magnitude_in_torso_mm": float(norm[torso_arr].mean(dtype=np.float64)) if torso_arr.any() else 0.0,
         "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
         "folded_fraction_in_torso": float((jac[torso_arr] <= 0).mean()) if torso_arr.any() else 0.0,
-        "deformed_image": f"DeformedImage_{chain}.mha",
+        "deformed_image": files.fixed.name,
     }
-    write_json_atomic(out / "done.json", stats)  # last: marks the pair complete
+    write_json_atomic(files.done, stats)  # last: marks the pair complete
     return {**stats, "seconds": time.perf_counter() - t0, "skipped": False}
 
 
@@ -201,19 +176,23 @@ def _with_threads(function, threads: int | None, *args):
 def run(settings, jobs: int = 1, backend: str = "loky", scheduler: str | None = None,
         which=("Training", "Validation"), progress: bool = True) -> list[dict]:
     """Generate everything the settings ask for; returns one statistics dict per pair."""
+    # lazy: joblib and tqdm cost ~0.2 s of every `regnet` command's start-up (the CLI imports this module)
     import joblib
     from tqdm.auto import tqdm
 
     settings = settings if isinstance(settings, Settings) else load_settings(settings)
-    root = Path(settings.OutputFolder)
+    store = PairStore(settings)
+    root = store.root
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(root)
     settings.write_json(root / "settings.json")
     images, pairs = tasks(settings, which)
+    for data in sorted({image.data for image in images}):
+        store.layout(data)  # once per run, here: bad layouts fail before any work; tasks get them loaded
     client = None
     if backend == "dask":
         try:
-            from dask.distributed import Client
+            from dask.distributed import Client  # optional dependency (regnet[dask])
         except ImportError:
             raise RegNetError("backend='dask' needs dask[distributed]: pip install 'regnet[dask]'.") from None
         client = Client(scheduler) if scheduler else Client(processes=False)
@@ -224,12 +203,12 @@ def run(settings, jobs: int = 1, backend: str = "loky", scheduler: str | None = 
         with joblib.parallel_config(backend=backend, n_jobs=-1 if backend == "dask" else jobs):
             parallel = joblib.Parallel(return_as="generator_unordered")
             threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if backend != "dask" else None
-            for _ in tqdm(parallel(joblib.delayed(_with_threads)(prepare_image, threads, i, settings, str(root))
+            for _ in tqdm(parallel(joblib.delayed(_with_threads)(prepare_image, threads, i, store)
                                    for i in images),
                           total=len(images), desc="originals + masks", disable=not progress, unit="image"):
                 pass
             results = []
-            for stats in tqdm(parallel(joblib.delayed(_with_threads)(generate_pair, threads, p, settings, str(root))
+            for stats in tqdm(parallel(joblib.delayed(_with_threads)(generate_pair, threads, p, store)
                                        for p in pairs),
                               total=len(pairs), desc="synthetic pairs", disable=not progress, unit="pair"):
                 results.append(stats)
@@ -249,8 +228,6 @@ def add_arguments(p) -> None:
 
 
 def generate_command(args) -> int:
-    import dataclasses
-
     settings = load_settings(args.settings)
     if args.out is not None:
         settings = dataclasses.replace(settings, OutputFolder=str(args.out))

@@ -24,7 +24,7 @@ class Geometry:
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "Geometry":
+    def of(cls, image: sitk.Image) -> Geometry:
         return cls(tuple(int(s) for s in image.GetSize()), tuple(image.GetSpacing()),
                    tuple(image.GetOrigin()), tuple(image.GetDirection()))
 
@@ -57,7 +57,7 @@ class Geometry:
         """For each index axis (x, y, z), the world axis (0=x, 1=y, 2=z) it runs closest to."""
         return np.argmax(np.abs(self.matrix), axis=0)
 
-    def close_to(self, other: "Geometry", tol: float = 1e-4) -> bool:
+    def close_to(self, other: Geometry, tol: float = 1e-4) -> bool:
         return (self.size == other.size
                 and np.allclose(self.spacing, other.spacing, atol=tol, rtol=0)
                 and np.allclose(self.origin, other.origin, atol=tol * 10, rtol=0)

@@ -94,7 +94,7 @@ def read_image(path, *, raw: RawSpec | None = None, volume: int | None = None,
             image = read_raw(path, raw)
         elif full_suffix(path).lower() == ".img" and not path.with_suffix(".hdr").exists():
             raise RegNetError(f"{path}: a headerless raw volume; its size and spacing come from a data "
-                              "layout (e.g. data_layouts/DIR-Lab_4D.toml) or a RawSpec.")
+                              "layout (e.g. DIR-Lab_4D) or a RawSpec.")
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:

@@ -187,7 +187,8 @@ def write_landmarks(points_mm, path, geometry: Geometry | None = None, fmt: str 
         values = points if fmt == "elastix-point" else _need(geometry, "elastix index").physical_to_index(points)
         text = f"{fmt.split('-')[1]}\n{n}\n" + "".join(" ".join(_num(v) for v in row) + "\n" for row in values)
     elif fmt == "csv":
-        text = "label,x,y,z\n" + "".join(f"{i + 1},{_num(p[0])},{_num(p[1])},{_num(p[2])}\n" for i, p in enumerate(points))
+        text = "label,x,y,z\n" + "".join(f"{i + 1},{_num(p[0])},{_num(p[1])},{_num(p[2])}\n"
+                                          for i, p in enumerate(points))
     elif fmt == "fcsv":
         text = ("# Markups fiducial file version = 4.11\n# CoordinateSystem = LPS\n"
                 "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n")

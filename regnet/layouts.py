@@ -14,17 +14,22 @@ rest from ``[raw]``. ``source = "phantom"`` makes the built-in phantom the image
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from regnet import PROJECT_ROOT, RegNetError
+from regnet import RegNetError
+from regnet.files import full_suffix
 from regnet.geometry import Geometry
 from regnet.io import IMAGE_SUFFIXES, RawSpec, read_image
-from regnet.files import full_suffix
 from regnet.landmarks import read_landmarks
+from regnet.phantom import phantom_case
+from regnet.settings import toml_files
 
 TEMPLATE_KEYS = ("image", "lung", "torso", "landmarks")
 LAYOUT_KEYS = {"name", "description", "root", "types", "cases", "raw", "case", "type", "source",
@@ -32,13 +37,15 @@ LAYOUT_KEYS = {"name", "description", "root", "types", "cases", "raw", "case", "
                *TEMPLATE_KEYS}
 
 
-def layout_dirs() -> list[Path]:
+def layout_dirs() -> list[Traversable]:
+    """Where layouts are looked up: $REGNET_LAYOUTS_PATH entries, then the layouts shipped inside
+    the package (package data, so a wheel or ``pip install .`` has them too)."""
     extra = [Path(p) for p in os.environ.get("REGNET_LAYOUTS_PATH", "").split(os.pathsep) if p]
-    return [*extra, PROJECT_ROOT / "data_layouts"]
+    return [*extra, resources.files("regnet") / "data_layouts"]
 
 
 def available_layouts() -> list[str]:
-    return sorted({p.stem for d in layout_dirs() if d.is_dir() for p in d.glob("*.toml")})
+    return sorted({name for d in layout_dirs() for name in toml_files(d)})
 
 
 @dataclass
@@ -147,21 +154,18 @@ class Layout:
     # -------------------------------------------------------- reading
     def read_image(self, cn, type_im=0):
         if self.source == "phantom":
-            from regnet.phantom import phantom_case
             return phantom_case(self, cn, self.type_name(type_im))["image"]
         return read_image(self.path("image", cn, type_im), raw=self.raw_spec(cn))
 
     def read_mask(self, kind: str, cn, type_im=0):
         """A lung/torso mask given by the layout, or None when the layout has none for this case."""
         if self.source == "phantom":
-            from regnet.phantom import phantom_case
             return phantom_case(self, cn, self.type_name(type_im))[kind]
         path = self.path(kind, cn, type_im, required=False)
         return None if path is None else read_image(path, raw=self.raw_spec(cn))
 
     def read_landmarks(self, cn, type_im, geometry: Geometry | None = None):
         if self.source == "phantom":
-            from regnet.phantom import phantom_case
             return phantom_case(self, cn, self.type_name(type_im))["landmarks"]
         path = self.path("landmarks", cn, type_im)
         return read_landmarks(path, geometry or self.geometry(cn, type_im), fmt=self.landmark_format,
@@ -181,18 +185,17 @@ def _template_regex(template: str, type_name: str) -> re.Pattern:
 
 
 def load_layout(name: str, data_folder: str | Path = "./Data", root: str | Path | None = None) -> Layout:
-    """Load ``data_layouts/{name}.toml``; ``root`` overrides the layout's own root."""
+    """Load ``{name}.toml`` from the layout folders; ``root`` overrides the layout's own root."""
     for directory in layout_dirs():
         path = directory / f"{name}.toml"
         if path.is_file():
             break
     else:
-        import difflib
         close = difflib.get_close_matches(name, available_layouts(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise RegNetError(f"Unknown data layout {name!r}{hint} Available: {', '.join(available_layouts())}. "
-                          "Add a TOML file to data_layouts/ (or $REGNET_LAYOUTS_PATH) for a new dataset.")
-    with open(path, "rb") as fh:
+                          "For a new dataset add a TOML file to a folder named by $REGNET_LAYOUTS_PATH.")
+    with path.open("rb") as fh:
         spec = tomllib.load(fh)
     unknown = set(spec) - LAYOUT_KEYS
     if unknown:

@@ -20,7 +20,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from regnet import RegNetError
+from regnet.figures import orthogonal_slices_png
+from regnet.files import full_suffix
 from regnet.geometry import Geometry
+from regnet.io import read_image, resample_like, resample_to_geometry, write_image
 
 CLI_HELP = "compute lung and torso masks from a CT (open, automatic); --png writes overlays"
 
@@ -209,8 +212,6 @@ WORK_SPACING_MM = 1.5
 
 
 def _working_grid(image: sitk.Image) -> tuple[sitk.Image, bool]:
-    from regnet.io import resample_to_geometry
-
     g = Geometry.of(image)
     spacing = np.maximum(np.asarray(g.spacing), WORK_SPACING_MM)
     if np.allclose(spacing, g.spacing):
@@ -222,8 +223,6 @@ def _working_grid(image: sitk.Image) -> tuple[sitk.Image, bool]:
 
 def _back_to(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
     """A coarse mask onto the original grid: linear interpolation of the 0/1 field, cut at 0.5."""
-    from regnet.io import resample_like
-
     smooth = resample_like(sitk.Cast(mask, sitk.sitkFloat32), reference, "linear", 0.0, antialias=False)
     return _like(sitk.GetArrayViewFromImage(smooth) >= 0.5, reference)
 
@@ -249,9 +248,6 @@ def add_arguments(p) -> None:
 
 
 def masks_command(args) -> int:
-    from regnet.files import full_suffix
-    from regnet.io import read_image, write_image
-
     image = read_image(args.image)
     t0 = time.perf_counter()
     masks = compute_masks(image, fallback=args.fallback)
@@ -264,8 +260,6 @@ def masks_command(args) -> int:
           f"{mask_volume_litres(masks['torso']):.2f} L, {elapsed:.1f} s ({masks['method']})")
     print(f"  {lung_path}\n  {torso_path}")
     if args.png:
-        from regnet.figures import orthogonal_slices_png
-
         png = orthogonal_slices_png(image, args.out / f"{stem}_masks.png",
                                     overlays={"lung": masks["lung"], "torso": masks["torso"]}, title=str(name))
         print(f"  {png}")

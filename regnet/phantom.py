@@ -23,7 +23,11 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from regnet import RegNetError
+from regnet.deform.field import warp
+from regnet.figures import orthogonal_slices_png
 from regnet.geometry import Geometry
+from regnet.io import write_dvf, write_image
+from regnet.landmarks import write_landmarks
 from regnet.seeding import rng_for
 
 CLI_HELP = "write a procedural chest-CT phantom (image, lung and torso masks, exhale phase, landmarks)"
@@ -50,7 +54,6 @@ class PhantomSpec:
 
 class _Canvas:
     """Coordinates of the grid as broadcastable (z, y, x) vectors, and the label/HU volumes."""
-
     def __init__(self, geometry: Geometry):
         self.g = geometry
         nx, ny, nz = geometry.size
@@ -89,7 +92,6 @@ def _random_perpendicular(direction, rng):
 
 class _Anatomy:
     """Random proportions of one 'patient' and the implicit shapes built from them."""
-
     def __init__(self, spec: PhantomSpec, rng: np.random.Generator):
         s = spec.scale * rng.uniform(0.9, 1.08)
         self.s = s
@@ -122,8 +124,8 @@ class _Anatomy:
         zc = 0.5 * (self.z_top + self.dome[+1] - self.dome_depth)
         lz = 0.5 * (self.z_top - (self.dome[+1] - self.dome_depth)) * 1.15
         taper = np.clip((self.z_top - z) / (0.35 * (self.z_top - zc) + 1e-6), 0.35, 1.0)  # narrow apex
-        r = ((x - side * self.lung_x) / (self.lung_lx * taper)) ** 2 + ((y - 0.05 * self.ay) / (self.lung_ly * taper)) ** 2 \
-            + ((z - zc) / lz) ** 2
+        r = (((x - side * self.lung_x) / (self.lung_lx * taper)) ** 2
+             + ((y - 0.05 * self.ay) / (self.lung_ly * taper)) ** 2 + ((z - zc) / lz) ** 2)
         heart = (((x - self.heart_c[0]) / self.heart_r[0]) ** 2 + ((y - self.heart_c[1]) / self.heart_r[1]) ** 2
                  + ((z - self.heart_c[2]) / self.heart_r[2]) ** 2) <= 1.0
         return (r <= 1.0) & (z > self.dome_height(x, y)) & ~heart & (np.abs(x) > 0.12 * self.ax)
@@ -271,7 +273,7 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> dict:
     # Pulmonary vessel trees (arteries and veins) from each hilum.
     landmarks = []
     for side in (-1, 1):
-        for k in range(4):
+        for _ in range(4):
             start = np.array([side * 0.28 * A.ax, rng.uniform(-0.15, 0.2) * A.ay,
                               z_hilum + rng.uniform(-20, 20) * A.s])
             direction = np.array([side * rng.uniform(0.4, 1.0), rng.uniform(-0.6, 0.6), rng.uniform(-0.8, 0.8)])
@@ -320,8 +322,6 @@ def _exhale(phantom: dict, A: _Anatomy, rng) -> dict:
     The DVF lives on the exhale grid and pulls from the inhale image (``T50(x) = T00(x + u(x))``),
     so at the diaphragm u_z < 0: an exhale point sits where, at inhale, tissue was lower.
     """
-    from regnet.deform.field import warp
-
     g = phantom["geometry"]
     c = _Canvas(g)
     x, y, z = c.x, c.y, c.z
@@ -395,9 +395,6 @@ def add_arguments(p) -> None:
 
 
 def write_phantom(ph: dict, out: Path, png: bool = False) -> list[Path]:
-    from regnet.io import write_dvf, write_image
-    from regnet.landmarks import write_landmarks
-
     written = [write_image(ph["image"], out / "T00.mha"), write_image(ph["lung"], out / "T00_lung.mha"),
                write_image(ph["torso"], out / "T00_torso.mha"),
                write_landmarks(ph["landmarks"], out / "T00_landmarks.txt")]
@@ -408,8 +405,6 @@ def write_phantom(ph: dict, out: Path, png: bool = False) -> list[Path]:
                     write_dvf(ph["exhale_dvf"], out / "T50_to_T00_dvf.mha", reference=ph["geometry"]),
                     write_landmarks(ph["exhale_landmarks"], out / "T50_landmarks.txt")]
     if png:
-        from regnet.figures import orthogonal_slices_png
-
         written.append(orthogonal_slices_png(ph["image"], out / "T00.png", overlays={"lung": ph["lung"]}))
         if "exhale_image" in ph:
             written.append(orthogonal_slices_png(ph["exhale_image"], out / "T50.png"))

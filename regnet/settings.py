@@ -3,7 +3,8 @@
 Users write the dict exactly as the original README shows it (``DataExpDict``,
 ``NetworkTraining``, ``deform_exp`` ...). :func:`load_settings` checks every key and value
 against the dataclasses below, fills stage-dependent defaults, resolves each ``deform_exp``
-from the TOML presets in ``settings/deform_exp`` (plus the user's own overrides), and
+from the TOML presets shipped in ``regnet/presets/deform_exp`` or the user's own folders
+(``$REGNET_SETTINGS_PATH``), plus the overrides under ``DeformExp`` in the dict, and
 returns a frozen :class:`Settings`. Errors name the full key path and the closest valid key.
 """
 from __future__ import annotations
@@ -16,16 +17,20 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
-from regnet import PROJECT_ROOT, RegNetError
+from regnet import RegNetError
 from regnet.files import write_json_atomic
 
 AG_MODES = ("Resp", "NoResp", "SingleResp", "SingleOnly", "MixedOnly")
 NETWORK_DESIGNS = ("crop4_connection", "decimation4", "unet1", "crop5_connection")
 METHODS = ("zero", "translation", "single_frequency", "mixed_frequency", "respiratory_motion")
 STAGES = (1, 2, 4)
+#: Paper patch radii (R, Ry) per network (regnet_spec.md section 3): input 2R+1, output 2Ry+1 voxels.
+PATCH_RADII = {"crop4_connection": (50, 10), "decimation4": (52, 10), "unet1": (62, 62), "crop5_connection": (62, 62)}
 
 POSITIVE = {"check": "positive"}
 NONNEGATIVE = {"check": "nonnegative"}
@@ -129,7 +134,15 @@ class NetworkRun:
     BatchSize: int | None = field(default=None, metadata=POSITIVE)
     MaxQueueSize: int | None = field(default=None, metadata=POSITIVE)
     LearningRate: float = field(default=1e-3, metadata=POSITIVE)
+    #: RegNet's optional decay: learning rate x LearningRate_Decay ** semi_epoch (None = constant).
+    LearningRate_Decay: float | None = field(default=None, metadata=POSITIVE)
     MaxIterations: int = field(default=10_000_000, metadata=POSITIVE)
+    #: Loss: Huber delta in mm (RegNet: 1 at every stage) + reg_weight x bending energy (RegNet: 0.1).
+    HuberDelta: float = field(default=1.0, metadata=POSITIVE)
+    reg_weight: float = field(default=0.1, metadata=NONNEGATIVE)
+    #: Steps between validation passes and between checkpoints (RegNet: 1000 for both).
+    ValidationEvery: int = field(default=1000, metadata=POSITIVE)
+    CheckpointEvery: int = field(default=1000, metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -142,13 +155,35 @@ class Settings:
     AGMode: Literal[AG_MODES] = "Resp"
     DataFolder: str = "./Data"
     OutputFolder: str = "./output"
-    DeformExp: dict[str, dict] = field(default_factory=dict)
+    #: The user's ``{deform_exp: {key: value}}`` overrides and own experiments. Its key in the
+    #: settings dict is RegNet's ``DeformExp``; the field is named apart from the class DeformExp.
+    DeformExpOverrides: dict[str, dict] = field(default_factory=dict, metadata={"key": "DeformExp"})
     Jobs: int = field(default=1, metadata=POSITIVE)
+    #: Patch radii of the network input (R) and output (Ry); None = the NetworkDesign's paper values.
+    R: int | None = field(default=None, metadata=POSITIVE)
+    Ry: int | None = field(default=None, metadata=NONNEGATIVE)
+    #: Random flips and axis permutations of patches (images and DVF together) while training.
+    Augmentation: bool = False
+    #: Network construction options (regnet.networks.NetworkOptions: width, batch_norm, intensity, ...).
+    NetworkOptions: dict = field(default_factory=dict)
+    MixedPrecision: bool = False
+    JitCompile: bool = False
     #: Filled by load_settings: every deform_exp used, fully resolved.
     deform_exps: dict[str, DeformExp] = field(default_factory=dict, metadata={"internal": True})
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings in RegNet's vocabulary (user keys), plus the resolved ``deform_exps``."""
+        values = dataclasses.asdict(self)
+        return {f.metadata.get("key", f.name): values[f.name] for f in dataclasses.fields(self)}
+
+    def patch_radii(self) -> tuple[int, int]:
+        """(R, Ry): the settings' values, else the paper's for NetworkDesign. R == Ry means a
+        full-image network (unet1): whole images padded to 2R+1 per axis."""
+        r, ry = PATCH_RADII[self.NetworkDesign]
+        r, ry = self.R if self.R is not None else r, self.Ry if self.Ry is not None else ry
+        if ry > r:
+            raise RegNetError(f"Ry ({ry}) must not exceed R ({r}): the output patch lies inside the input patch.")
+        return r, ry
 
     def write_json(self, path) -> Path:
         """The resolved settings, written beside every output."""
@@ -250,9 +285,10 @@ def _type_error(path, annotation, value, check) -> RegNetError:
 def validate(cls, values: dict, path: str = "") -> dict:
     """Check a dict against dataclass ``cls``; return its converted keyword arguments.
 
-    Unknown keys name the closest valid key; fields marked ``internal`` are not user keys."""
+    Unknown keys name the closest valid key; fields marked ``internal`` are not user keys; a
+    field whose metadata names a ``key`` is read from that (RegNet's) key instead of its name."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     prefix = f"{path}." if path else ""
     for key in values:
         if key not in fields:
@@ -260,24 +296,33 @@ def validate(cls, values: dict, path: str = "") -> dict:
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
             raise RegNetError(f"Unknown settings key '{prefix}{key}'{hint}")
     kwargs = {}
-    for name, f in fields.items():
-        if name in values:
-            kwargs[name] = _convert(values[name], hints[name], prefix + name, f.metadata.get("check"))
+    for key, f in fields.items():
+        if key in values:
+            kwargs[f.name] = _convert(values[key], hints[f.name], prefix + key, f.metadata.get("check"))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RegNetError(f"Missing settings key '{prefix}{name}' ({_describe(hints[name])}).")
+            raise RegNetError(f"Missing settings key '{prefix}{key}' ({_describe(hints[f.name])}).")
     return kwargs
 
 
 # ------------------------------------------------------------------ presets
-def preset_dirs() -> list[Path]:
-    """Where deform_exp presets are looked up: $REGNET_SETTINGS_PATH entries, then settings/."""
+def preset_dirs() -> list[Traversable]:
+    """Where deform_exp presets are looked up: $REGNET_SETTINGS_PATH entries (a folder, or its
+    ``deform_exp`` subfolder), then the presets shipped inside the package (package data, so a
+    wheel or ``pip install .`` has them too)."""
     extra = [Path(p) for p in os.environ.get("REGNET_SETTINGS_PATH", "").split(os.pathsep) if p]
     return [*(p / "deform_exp" if (p / "deform_exp").is_dir() else p for p in extra),
-            PROJECT_ROOT / "settings" / "deform_exp"]
+            resources.files("regnet") / "presets" / "deform_exp"]
+
+
+def toml_files(directory: Traversable) -> dict[str, Traversable]:
+    """``{stem: file}`` of the ``.toml`` files in a folder (a Path or a package resource)."""
+    if not directory.is_dir():
+        return {}
+    return {p.name[:-5]: p for p in directory.iterdir() if p.name.endswith(".toml") and p.is_file()}
 
 
 def available_deform_exps() -> list[str]:
-    names = {p.stem for d in preset_dirs() if d.is_dir() for p in d.glob("*.toml")}
+    names = {name for d in preset_dirs() for name in toml_files(d)}
     return sorted(n for n in names if not n.startswith("_"))
 
 
@@ -289,7 +334,7 @@ def _preset_values(name: str, user: dict[str, dict], seen: tuple = ()) -> dict:
     for directory in preset_dirs():
         path = directory / f"{name}.toml"
         if path.is_file():
-            with open(path, "rb") as fh:
+            with path.open("rb") as fh:
                 values = tomllib.load(fh)
             break
     if name in user:
@@ -297,7 +342,8 @@ def _preset_values(name: str, user: dict[str, dict], seen: tuple = ()) -> dict:
     if not values:
         close = difflib.get_close_matches(name, available_deform_exps(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(available_deform_exps())}"
-        raise RegNetError(f"Unknown deform_exp {name!r}{hint} (add your own under DeformExp or settings/deform_exp/)")
+        raise RegNetError(f"Unknown deform_exp {name!r}{hint} (add your own under 'DeformExp' in the settings, "
+                          f"or as {name}.toml in a folder named by $REGNET_SETTINGS_PATH)")
     parent = values.pop("extends", None)
     if parent:
         values = {**_preset_values(parent, user, seen + (name,)), **values}
@@ -333,7 +379,8 @@ def _check_deform_exp(exp: DeformExp) -> None:
                 "RespiratoryMotion_BSplineGridSpacing"):
         for i, spacing in enumerate(getattr(exp, key)):
             if len(spacing) != 3 or min(spacing) <= 0:
-                raise RegNetError(f"{where}.{key}[{i}] must be three positive grid spacings (x, y, z) in mm, got {spacing}")
+                raise RegNetError(f"{where}.{key}[{i}] must be three positive grid spacings (x, y, z) in mm, "
+                                  f"got {spacing}")
     for key in ("MixedFrequency_SigmaRange", "RespiratoryMotion_DeltaRange", "Sponge_JacobianClip",
                 "Sponge_ScaleRange", "Occlusion_IntensityRange", "RespiratoryMotion_t0Range",
                 "RespiratoryMotion_s0Range"):
@@ -369,7 +416,7 @@ def load_settings(settings: dict | str | Path) -> Settings:
         defaults = dict(zip(("NumberOfImagesPerChunk", "SamplesPerImage", "BatchSize", "MaxQueueSize"),
                             STAGE_DEFAULTS[key][stage]))
         kwargs[key] = dataclasses.replace(run, **{k: v for k, v in defaults.items() if getattr(run, k) is None})
-    user_exps = kwargs.get("DeformExp", {})
+    user_exps = kwargs.get("DeformExpOverrides", {})
     deform_exps = {}
     entries = []
     for i, entry in enumerate(kwargs["DataExpDict"]):

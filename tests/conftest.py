@@ -11,6 +11,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "install: builds the wheel and installs it into a fresh venv (slower, ~10 s; "
+                                       "deselect with -m 'not install')")
+
+
 def shared_file(*parts) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

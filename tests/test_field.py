@@ -82,7 +82,8 @@ def test_packed_mask_warp_equals_two_simpleitk_nearest_warps(rotated_image):
 
     g = Geometry.of(rotated_image)
     array = sitk.GetArrayFromImage(rotated_image)
-    torso, lung = image_from_array((array > -0.5).astype(np.uint8), g), image_from_array((array > 0.7).astype(np.uint8), g)
+    torso = image_from_array((array > -0.5).astype(np.uint8), g)
+    lung = image_from_array((array > 0.7).astype(np.uint8), g)
     u = dense_field(random_coefficients(g, (8, 8, 8), 3.0, 0, 0.0, np.random.default_rng(4)), g)
     transform = sitk.DisplacementFieldTransform(sitk.Cast(image_from_array(u.astype(np.float64), g),
                                                           sitk.sitkVectorFloat64))

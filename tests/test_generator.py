@@ -4,19 +4,35 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from regnet import RegNetError
 from regnet.deform.augment import noise, sponge
+from regnet.deform.bspline import random_bspline_field
 from regnet.deform.field import jacobian_determinant
-from regnet.deform.methods import synthetic_dvf
+from regnet.deform.methods import (
+    _box_dilate,
+    canny_edges,
+    dilated_edge_mask,
+    inputs_of,
+    normalize_max,
+    smooth,
+    synthetic_dvf,
+    voxels,
+)
 from regnet.geometry import Geometry
-from regnet.io import image_from_array, read_image, resample_isotropic
+from regnet.io import read_image, resample_isotropic
 from regnet.masks import compute_masks
 from regnet.phantom import PhantomSpec, make_phantom
 from regnet.seeding import rng_for
 from regnet.settings import load_deform_exp
 from tests.conftest import shared_file
 
-STAGE = 2
+STAGE = 2  # the phantom grid below is 2 mm isotropic, RegNet's stage-2 grid
 EXP = load_deform_exp("3D_max15_D14_K")
+
+
+def inputs(method, image, torso, lung):
+    """The data a method takes, from what the job has (a method refuses any other keyword)."""
+    return {k: v for k, v in {"image": image, "torso": torso, "lung": lung}.items() if k in inputs_of(method)}
 
 
 def limit_of(method, number):
@@ -38,8 +54,7 @@ def fields(phantom):
     out = {}
     for d in range(14):
         method, number = EXP.method_of(d)
-        out[d] = synthetic_dvf(method, g, EXP, number, STAGE, rng_for("test", d, method),
-                               image=image, torso=torso, lung=lung)
+        out[d] = synthetic_dvf(method, g, EXP, number, rng_for("test", d, method), **inputs(method, image, torso, lung))
     return out
 
 
@@ -88,17 +103,16 @@ def test_respiratory_direction_comes_from_the_geometry_not_the_array_order(phant
     g = Geometry.of(image)
     flipped = Geometry(g.size, g.spacing,
                        tuple(g.index_to_physical([0, 0, g.size[2] - 1])), (1.0, 0, 0, 0, 1.0, 0, 0, 0, -1.0))
-    flipped_image = image_from_array(sitk.GetArrayFromImage(image)[::-1].copy(), flipped)
-    a = synthetic_dvf("respiratory_motion", g, exp, 0, STAGE, rng_for("rm"), image=image, torso=torso, lung=lung)
-    b = synthetic_dvf("respiratory_motion", flipped, exp, 0, STAGE, rng_for("rm"), image=flipped_image,
-                      torso=torso[::-1].copy(), lung=lung[::-1].copy())
+    a = synthetic_dvf("respiratory_motion", g, exp, 0, rng_for("rm"), torso=torso, lung=lung)
+    b = synthetic_dvf("respiratory_motion", flipped, exp, 0, rng_for("rm"), torso=torso[::-1].copy(),
+                      lung=lung[::-1].copy())
     np.testing.assert_allclose(b[::-1], a, atol=1e-3 * np.abs(a).max())
 
 
 def test_fields_are_reproducible_and_seed_dependent(phantom, fields):
     image, torso, lung = phantom
     g = Geometry.of(image)
-    again = synthetic_dvf("mixed_frequency", g, EXP, 0, STAGE, rng_for("test", 9, "mixed_frequency"),
+    again = synthetic_dvf("mixed_frequency", g, EXP, 0, rng_for("test", 9, "mixed_frequency"),
                           image=image, torso=torso, lung=lung)
     np.testing.assert_array_equal(again, fields[9])
     assert not np.array_equal(fields[5], fields[6])
@@ -134,18 +148,17 @@ def test_methods_on_real_ct_at_stage_2():
     g = Geometry.of(image)
     for d in (0, 4, 9):
         method, number = EXP.method_of(d)
-        u = synthetic_dvf(method, g, EXP, number, STAGE, rng_for("real", d), image=image, torso=torso, lung=lung)
+        u = synthetic_dvf(method, g, EXP, number, rng_for("real", d), **inputs(method, image, torso, lung))
         assert np.isfinite(u).all() and 0 < np.abs(u).max() <= limit_of(method, number) + 1e-4
 
 
 def test_separable_box_dilation_equals_scipy_binary_dilation():
-    from regnet.deform.methods import _box_dilate
-
     mask = np.random.default_rng(0).random((30, 31, 32)) > 0.97
     np.testing.assert_array_equal(_box_dilate(mask), ndimage.binary_dilation(mask, np.ones((3, 3, 3), bool)))
     for axis in range(3):
         element = np.zeros((9, 9, 9), bool)
-        element[tuple(slice(0, 5) if k == axis else slice(None) for k in range(3))] = True  # RegNet's directional element
+        # RegNet's directional element
+        element[tuple(slice(0, 5) if k == axis else slice(None) for k in range(3))] = True
         np.testing.assert_array_equal(_box_dilate(mask, 9, axis=axis, length=5), ndimage.binary_dilation(mask, element))
 
 
@@ -153,9 +166,75 @@ def test_translation_is_a_constant_shift_within_max_deform():
     g = Geometry((20, 18, 16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     shifts = []
     for k in range(200):
-        u = synthetic_dvf("translation", g, EXP, 0, STAGE, rng_for("translation", k))
+        u = synthetic_dvf("translation", g, EXP, 0, rng_for("translation", k))
         assert np.all(u == u[0, 0, 0])                        # the same vector everywhere
         shifts.append(u[0, 0, 0])
     shifts = np.asarray(shifts)
     assert np.abs(shifts).max() <= EXP.MaxDeform * EXP.Translation_MaxDeformRatio[0]
     assert 0.1 < (shifts == 0).mean() < 0.3                   # each axis is still with probability 0.2
+
+
+def _sitk_smooth(array, sigma_voxels, vector=False):
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, np.float32), isVector=vector)
+    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, sigma_voxels))
+
+
+def test_a_2_mm_grid_gives_regnets_stage_2_field_bit_for_bit(phantom):
+    """RegNet divided its stage-1 voxel lengths (sigmas, block radius) by ``stage``; the methods now
+    convert mm through the grid's spacing. On a 2 mm grid both must give the same field: here the
+    old stage-2 formulas, written out by hand, against the methods."""
+    image, torso, lung = phantom
+    g = Geometry.of(image)
+    assert g.spacing == (2.0, 2.0, 2.0)
+    # single frequency D1: grid sigma 0.8/2, background sigma 8/2 * M/7 voxels
+    m = EXP.MaxDeform * EXP.SingleFrequency_MaxDeformRatio[1]
+    rng = rng_for("old formula", 5)
+    old = random_bspline_field(g, EXP.SingleFrequency_BSplineGridSpacing[1], m,
+                               EXP.SingleFrequency_SetGridBorderToZero[1], 0.8 / 2, rng, "single")
+    old = normalize_max(_sitk_smooth(old * torso[..., None], 8.0 / 2 * m / 7.0, vector=True), m)
+    new = synthetic_dvf("single_frequency", g, EXP, 1, rng_for("old formula", 5), torso=torso, lung=lung)
+    assert np.abs(new).max() > 1.0
+    np.testing.assert_array_equal(new, old)
+    # mixed frequency D0: block radius round(20/2), grid sigma 0.5/2, component sigmas U(7/2, 12/2)
+    m = EXP.MaxDeform * EXP.MixedFrequency_MaxDeformRatio
+    rng = rng_for("old formula", 9)
+    near = _box_dilate(lung)
+    mask = dilated_edge_mask(canny_edges(image, EXP, near), near, EXP.MixedFrequency_Np[0], 10, rng)
+    old = random_bspline_field(g, EXP.MixedFrequency_BSplineGridSpacing[0], m, 0, 0.5 / 2, rng, "mixed")
+    for c in range(3):
+        old[..., c] = _sitk_smooth(old[..., c] * mask[c], rng.uniform(7.0 / 2, 12.0 / 2))
+    old = normalize_max(old, m)
+    new = synthetic_dvf("mixed_frequency", g, EXP, 0, rng_for("old formula", 9), image=image, torso=torso, lung=lung)
+    assert np.abs(new).max() > 0.5
+    np.testing.assert_array_equal(new, old)
+
+
+def test_smoothing_lengths_are_mm_on_an_anisotropic_grid():
+    """A sigma of 4 mm is 4 voxels along x and y but 2 along z when z is sampled every 2 mm: the
+    smoothed impulse has the same physical standard deviation along every axis, 4 mm (to the
+    recursive filter's approximation: it measures 3.87 mm)."""
+    g = Geometry((61, 61, 41), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    assert voxels(4.0, g) == (2.0, 4.0, 4.0)
+    impulse = np.zeros(g.shape, np.float32)
+    impulse[20, 30, 30] = 1.0
+    out = smooth(impulse, voxels(4.0, g))
+    stds = []
+    for axis, (centre, spacing) in enumerate(((20, 2.0), (30, 1.0), (30, 1.0))):
+        profile = out.sum(axis=tuple(k for k in range(3) if k != axis))
+        mm = (np.arange(len(profile)) - centre) * spacing
+        stds.append(np.sqrt((profile * mm ** 2).sum() / profile.sum()))
+    assert stds == pytest.approx([4.0] * 3, rel=0.05)
+    assert stds[0] == pytest.approx(stds[2], rel=0.002)      # z (2 mm voxels) as wide as x (1 mm voxels)
+
+
+def test_a_misspelled_or_foreign_keyword_is_an_error_not_ignored(phantom):
+    image, torso, lung = phantom
+    g = Geometry.of(image)
+    with pytest.raises(RegNetError, match=r"'single_frequency' got unexpected keyword\(s\) 'lugn'; it takes 'torso', "
+                                          r"'lung'"):
+        synthetic_dvf("single_frequency", g, EXP, 0, rng_for("kw"), torso=torso, lugn=lung)
+    with pytest.raises(RegNetError, match=r"'zero' got unexpected keyword\(s\) 'stage', 'torso'; it takes no inputs"):
+        synthetic_dvf("zero", g, EXP, 0, rng_for("kw"), torso=torso, stage=2)
+    with pytest.raises(RegNetError, match=r"Unknown deform method 'single_frequncy'; choose one of"):
+        synthetic_dvf("single_frequncy", g, EXP, 0, rng_for("kw"))
+    assert inputs_of("mixed_frequency") == ("image", "torso", "lung", "edges")

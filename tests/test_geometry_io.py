@@ -7,8 +7,18 @@ import SimpleITK as sitk
 
 from regnet import RegNetError
 from regnet.geometry import Geometry, require_same_geometry
-from regnet.io import (check_image, dvf_to_array, dvf_to_image, image_from_array, read_dvf, read_image,
-                       resample_isotropic, resample_like, write_dvf, write_image)
+from regnet.io import (
+    check_image,
+    dvf_to_array,
+    dvf_to_image,
+    image_from_array,
+    read_dvf,
+    read_image,
+    resample_isotropic,
+    resample_like,
+    write_dvf,
+    write_image,
+)
 from tests.conftest import shared_file
 
 

@@ -55,7 +55,8 @@ def test_mitk_point_set_with_geometry(tmp_path):
 <point_set_file><file_version>0.1</file_version><point_set><time_series>
 <time_series_id>0</time_series_id>
 <Geometry3D ImageGeometry="false" FrameOfReferenceID="0">
-<IndexToWorld type="Matrix3x3" m_0_0="0" m_0_1="-1" m_0_2="0" m_1_0="1" m_1_1="0" m_1_2="0" m_2_0="0" m_2_1="0" m_2_2="2"/>
+<IndexToWorld type="Matrix3x3" m_0_0="0" m_0_1="-1" m_0_2="0" m_1_0="1" m_1_1="0" m_1_2="0"
+ m_2_0="0" m_2_1="0" m_2_2="2"/>
 <Offset type="Vector3D" x="10" y="20" z="30"/></Geometry3D>
 <point><id>0</id><specification>0</specification><x>1</x><y>2</y><z>3</z></point>
 <point><id>1</id><specification>0</specification><x>0</x><y>0</y><z>0</z></point>

@@ -86,3 +86,16 @@ def test_unknown_layout_and_type_errors():
     layout = load_layout("DIR-Lab_4D")
     with pytest.raises(RegNetError, match="out of range"):
         layout.type_name(10)
+
+
+def test_layouts_ship_inside_the_package(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import regnet
+    from regnet.layouts import layout_dirs
+
+    assert Path(str(layout_dirs()[-1])).is_relative_to(Path(regnet.__file__).parent)
+    (tmp_path / "Phantom.toml").write_text('types = ["A"]\nsource = "phantom"\ncases = [7]\n')
+    monkeypatch.setenv("REGNET_LAYOUTS_PATH", str(tmp_path))
+    assert load_layout("Phantom").types == ["A"]                 # the user's folder comes first
+    assert load_layout("POPI").name == "POPI"                    # the shipped ones stay reachable

@@ -25,7 +25,8 @@ def small():
 
 def test_phantom_is_deterministic_and_seeds_differ(small):
     again = make_phantom(SMALL)
-    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(again["image"]), sitk.GetArrayViewFromImage(small["image"]))
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(again["image"]),
+                                  sitk.GetArrayViewFromImage(small["image"]))
     np.testing.assert_array_equal(again["landmarks"], small["landmarks"])
     size = small["image"].GetSize()
     one = make_phantom(PhantomSpec(seed=3, spacing=3.0, size=size, exhale=False))

@@ -1,10 +1,13 @@
 """The settings dict: RegNet vocabulary, typed validation, presets from the spec."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 
+import regnet
 from regnet import RegNetError
-from regnet.settings import available_deform_exps, load_deform_exp, load_settings
+from regnet.settings import available_deform_exps, load_deform_exp, load_settings, preset_dirs
 
 BASE = {"DataExpDict": [{"data": "Phantom", "deform_exp": "3D_max7_D14_K", "TrainingCNList": [1, 2],
                          "TrainingTypeImList": [0], "ValidationCNList": [3], "ValidationTypeImList": [0]}]}
@@ -90,3 +93,32 @@ def test_resolved_settings_json_reloads_to_the_same(tmp_path):
     on_disk = json.loads(path.read_text())
     assert on_disk["deform_exps"]["3D_max7_D14_K"]["MaxDeform"] == 7.0
     assert load_settings(path) == s
+
+
+def test_deform_exp_key_fills_the_overrides_field_and_round_trips(tmp_path):
+    """Users write RegNet's key ``DeformExp``; the field is ``DeformExpOverrides`` (the class is
+    DeformExp), and settings.json speaks the users' vocabulary again."""
+    s = load_settings(with_(DeformExp={"3D_max7_D14_K": {"MaxDeform": 9}}))
+    assert s.DeformExpOverrides == {"3D_max7_D14_K": {"MaxDeform": 9}}
+    assert s.deform_exps["3D_max7_D14_K"].MaxDeform == 9
+    on_disk = json.loads(s.write_json(tmp_path / "settings.json").read_text())
+    assert on_disk["DeformExp"] == {"3D_max7_D14_K": {"MaxDeform": 9}} and "DeformExpOverrides" not in on_disk
+    assert load_settings(tmp_path / "settings.json") == s
+    with pytest.raises(RegNetError, match="Unknown settings key 'DeformExpOverrides'; did you mean 'DeformExp'"):
+        load_settings(with_(DeformExpOverrides={}))
+
+
+def test_presets_ship_inside_the_package_and_user_folders_come_first(tmp_path, monkeypatch):
+    shipped = preset_dirs()[-1]
+    assert Path(str(shipped)).is_relative_to(Path(regnet.__file__).parent)
+    (tmp_path / "deform_exp").mkdir()
+    (tmp_path / "deform_exp" / "mine.toml").write_text('extends = "3D_max7_D14_K"\nMaxDeform = 5.0\n')
+    own = tmp_path / "flat"
+    own.mkdir()
+    (own / "3D_max7_D14_K.toml").write_text('extends = "3D_max15_D14_K"\nMaxDeform = 6.0\n')  # shadows the preset
+    monkeypatch.setenv("REGNET_SETTINGS_PATH", os.pathsep.join([str(tmp_path), str(own)]))
+    assert {"mine", "3D_max15_D14_K"} <= set(available_deform_exps())
+    mine = load_deform_exp("mine")
+    assert mine.MaxDeform == 5.0 and mine.RespiratoryMotion_t0 == 22  # 3D_max7 now extends 3D_max15
+    with pytest.raises(RegNetError, match=r"Unknown deform_exp 'mien'; did you mean 'mine'\? .*REGNET_SETTINGS_PATH"):
+        load_deform_exp("mien")

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from regnet.deform.bspline import random_bspline_field
 from regnet.deform.field import jacobian_determinant, warp, warp_masks
+from regnet.deform.methods import voxels
 from regnet.geometry import Geometry
 from regnet.io import dvf_to_image, image_from_array
 from regnet.settings import DeformExp
@@ -81,16 +82,16 @@ def intensity_chain(clean: np.ndarray, jacobian: np.ndarray, torso: np.ndarray, 
     return image
 
 
-def next_image(image: sitk.Image, torso: sitk.Image, lung: sitk.Image, exp: DeformExp, stage: int,
-               rngs: dict, default: float = -2048.0) -> dict:
+def next_image(image: sitk.Image, torso: sitk.Image, lung: sitk.Image, exp: DeformExp, rngs: dict,
+               default: float = -2048.0) -> dict:
     """Anatomy augmentation: a freshly deformed copy of the original (single-frequency field up to
     ``NextIm_MaxDeform``, no mask-to-zero), masks warped with it, then sponge and light noise.
-    Used as the base image for dsmooth > 0."""
+    Used as the base image for dsmooth > 0. Smoothing follows the image's spacing."""
     g = Geometry.of(image)
     m = exp.NextIm_MaxDeform
     dvf = random_bspline_field(g, exp.SingleFrequency_BSplineGridSpacing[0], m,
                                exp.SingleFrequency_SetGridBorderToZero[0],
-                               exp.SingleFrequency_GridSmoothingSigma / stage, rngs["NextDVF"], "single")
+                               voxels(exp.SingleFrequency_GridSmoothingSigma, g), rngs["NextDVF"], "single")
     peak = float(np.abs(dvf).max())
     if peak > m:
         dvf *= m / peak

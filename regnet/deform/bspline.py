@@ -52,9 +52,10 @@ def grid_cells(geometry: Geometry, grid_spacing_mm) -> tuple[int, int, int]:
 
 
 def random_coefficients(geometry: Geometry, grid_spacing_mm, max_deform: float, border: int,
-                        sigma: float, rng: np.random.Generator) -> np.ndarray:
+                        sigma, rng: np.random.Generator) -> np.ndarray:
     """Coefficients (3, nz+3, ny+3, nx+3), components (x, y, z): U(-4M, 4M), border zeroed,
-    Gaussian-smoothed with ``sigma`` (coefficient units), border zeroed again."""
+    Gaussian-smoothed with ``sigma`` (coefficient units; one value or one per axis z, y, x),
+    border zeroed again."""
     nx, ny, nz = grid_cells(geometry, grid_spacing_mm)
     if border > 0 and min(nx, ny, nz) + 3 <= 2 * (border + 1):
         warnings.warn(f"B-spline grid of {nx}x{ny}x{nz} cells (spacing {list(grid_spacing_mm)} mm on a "
@@ -64,7 +65,7 @@ def random_coefficients(geometry: Geometry, grid_spacing_mm, max_deform: float, 
     for c in range(3):
         if border > 0:
             _zero_border(coeffs[c], border + 1)
-        if sigma > 0:
+        if np.max(sigma) > 0:
             coeffs[c] = ndimage.gaussian_filter(coeffs[c], sigma)
         _zero_border(coeffs[c], border)
     return coeffs
@@ -111,7 +112,7 @@ def dense_field(coeffs: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 
 def random_bspline_field(geometry: Geometry, grid_spacing_mm, max_deform: float, border: int,
-                         sigma: float, rng: np.random.Generator, mode: str = "single") -> np.ndarray:
+                         sigma, rng: np.random.Generator, mode: str = "single") -> np.ndarray:
     """The §1.3 generator end to end: random grid -> normalised -> dense DVF (mm)."""
     coeffs = random_coefficients(geometry, grid_spacing_mm, max_deform, border, sigma, rng)
     return dense_field(normalize_coefficients(coeffs, max_deform, mode), geometry)

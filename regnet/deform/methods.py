@@ -1,11 +1,16 @@
 """Synthetic DVF families of RegNet (regnet_spec.md section 1.4), without its marked bugs.
 
-Every method takes the grid (``Geometry``), the masks as boolean (z, y, x) arrays, the
-resolved :class:`~regnet.settings.DeformExp`, the deform number ``D``, the stage and a seeded
-generator, and returns a (z, y, x, 3) float32 DVF in mm, components (x, y, z). Voxel-valued
-parameters of the spec (sigmas, block radius) are stage-1 voxels, i.e. mm, divided by stage.
+Every method takes the grid (``Geometry``), the resolved :class:`~regnet.settings.DeformExp`,
+the deform number ``D`` and a seeded generator, plus only the inputs it uses (masks as boolean
+(z, y, x) arrays, the image), and returns a (z, y, x, 3) float32 DVF in mm, components (x, y, z).
+
+Lengths the spec gives in voxels (sigmas, the block radius) are voxels of the 1 mm stage-1 grid,
+i.e. mm; they become voxels of the actual grid through its spacing (:func:`voxels`). RegNet
+divided them by ``stage``, which is the same on its ``stage``-mm isotropic grids.
 """
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import SimpleITK as sitk
@@ -14,17 +19,25 @@ from scipy import ndimage
 from regnet import RegNetError
 from regnet.deform.bspline import random_bspline_field
 from regnet.geometry import Geometry
-from regnet.settings import DeformExp
+from regnet.settings import METHODS, DeformExp
 from regnet.timing import step
 
 
-def smooth(component: np.ndarray, sigma_voxels: float) -> np.ndarray:
+def voxels(length_mm: float, geometry: Geometry) -> tuple[float, float, float]:
+    """A length in mm as voxels along each array axis (z, y, x) of the grid."""
+    sx, sy, sz = geometry.spacing
+    return (length_mm / sz, length_mm / sy, length_mm / sx)
+
+
+def smooth(component: np.ndarray, sigma_voxels) -> np.ndarray:
     """Gaussian smoothing with SimpleITK's recursive (IIR) filter: multi-threaded, and its cost
-    does not grow with sigma, unlike a truncated-kernel convolution."""
-    if sigma_voxels <= 0:
+    does not grow with sigma, unlike a truncated-kernel convolution. ``sigma_voxels`` is one
+    value or one per array axis (z, y, x)."""
+    sigma = np.broadcast_to(np.asarray(sigma_voxels, float), (3,))
+    if sigma.max() <= 0:
         return component
     image = sitk.GetImageFromArray(np.ascontiguousarray(component, dtype=np.float32))
-    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, float(sigma_voxels)))
+    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, sigma[::-1].tolist()))
 
 
 def normalize_max(dvf: np.ndarray, limit: float) -> np.ndarray:
@@ -35,15 +48,17 @@ def normalize_max(dvf: np.ndarray, limit: float) -> np.ndarray:
     return dvf
 
 
-def _mask_to_zero(dvf: np.ndarray, mask: np.ndarray | None, sigma_voxels: float) -> np.ndarray:
+def _mask_to_zero(dvf: np.ndarray, mask: np.ndarray | None, sigma_voxels) -> np.ndarray:
     """Zero the field outside ``mask``, then smooth the edge away (each component, one pass of
-    SimpleITK's vector recursive Gaussian: 1.6x faster than three scalar passes)."""
+    SimpleITK's vector recursive Gaussian: 1.6x faster than three scalar passes). ``sigma_voxels``
+    per array axis (z, y, x)."""
     if mask is not None:
         dvf *= mask[..., None]
-    if sigma_voxels <= 0:
+    sigma = np.broadcast_to(np.asarray(sigma_voxels, float), (3,))
+    if sigma.max() <= 0:
         return dvf
     image = sitk.GetImageFromArray(dvf, isVector=True)
-    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, float(sigma_voxels)))
+    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, sigma[::-1].tolist()))
 
 
 def _mask_for(exp: DeformExp, torso, lung):
@@ -51,25 +66,25 @@ def _mask_for(exp: DeformExp, torso, lung):
 
 
 # ---------------------------------------------------------------- methods
-def zero(geometry: Geometry, **_) -> np.ndarray:
+def zero(geometry: Geometry) -> np.ndarray:
     return np.zeros(geometry.shape + (3,), np.float32)
 
 
-def translation(geometry: Geometry, exp: DeformExp, number: int, rng, **_) -> np.ndarray:
+def translation(geometry: Geometry, exp: DeformExp, number: int, rng) -> np.ndarray:
     """A constant shift: per axis 0 with probability ``Translation_ZeroProbability``, else U(-M, M)."""
     m = exp.MaxDeform * exp.Translation_MaxDeformRatio[number]
     shift = np.where(rng.random(3) < exp.Translation_ZeroProbability, 0.0, rng.uniform(-m, m, 3))
     return np.broadcast_to(shift.astype(np.float32), geometry.shape + (3,)).copy()
 
 
-def single_frequency(geometry: Geometry, exp: DeformExp, number: int, stage: int, rng, torso=None,
-                     lung=None, **_) -> np.ndarray:
+def single_frequency(geometry: Geometry, exp: DeformExp, number: int, rng, torso=None,
+                     lung=None) -> np.ndarray:
     m = exp.MaxDeform * exp.SingleFrequency_MaxDeformRatio[number]
     with step("B-spline field"):
         dvf = random_bspline_field(geometry, exp.SingleFrequency_BSplineGridSpacing[number], m,
                                    exp.SingleFrequency_SetGridBorderToZero[number],
-                                   exp.SingleFrequency_GridSmoothingSigma / stage, rng, "single")
-    sigma = exp.SingleFrequency_BackgroundSmoothingSigma / stage * m / 7.0
+                                   voxels(exp.SingleFrequency_GridSmoothingSigma, geometry), rng, "single")
+    sigma = voxels(exp.SingleFrequency_BackgroundSmoothingSigma * m / 7.0, geometry)
     with step("mask to zero + smoothing"):
         dvf = _mask_to_zero(dvf, _mask_for(exp, torso, lung), sigma)
     return normalize_max(dvf, m) if exp.DVFNormalization else dvf
@@ -88,8 +103,8 @@ def _world_coordinate(geometry: Geometry, axis: int) -> np.ndarray:
     return out
 
 
-def respiratory_motion(geometry: Geometry, exp: DeformExp, number: int, stage: int, rng, torso=None,
-                       lung=None, **_) -> np.ndarray:
+def respiratory_motion(geometry: Geometry, exp: DeformExp, number: int, rng, torso=None,
+                       lung=None) -> np.ndarray:
     """Diaphragm-driven motion after Hub et al. (2009), in physical coordinates.
 
     Cranio-caudal is world z and antero-posterior world y (LPS), taken through the direction
@@ -107,11 +122,11 @@ def respiratory_motion(geometry: Geometry, exp: DeformExp, number: int, stage: i
         sf = random_bspline_field(geometry, exp.RespiratoryMotion_BSplineGridSpacing[number],
                                   exp.RespiratoryMotion_SingleFrequency_MaxDeformRatio * exp.MaxDeform,
                                   exp.RespiratoryMotion_SetGridBorderToZero[number],
-                                  exp.RespiratoryMotion_GridSmoothingSigma / stage, rng, "single")
+                                  voxels(exp.RespiratoryMotion_GridSmoothingSigma, geometry), rng, "single")
     sf = normalize_max(sf, exp.MaxDeform)
     sf[..., 2] *= 0.3
     dvf += sf
-    sigma = exp.RespiratoryMotion_BackgroundSmoothingSigma / stage * exp.MaxDeform / 7.0
+    sigma = voxels(exp.RespiratoryMotion_BackgroundSmoothingSigma * exp.MaxDeform / 7.0, geometry)
     with step("mask to zero + smoothing"):
         mask = _mask_for(exp, torso, lung)
         dvf = _mask_to_zero(dvf, torso if mask is None else mask, sigma)  # mandatory for RM
@@ -169,12 +184,13 @@ def _box_dilate(mask: np.ndarray, size: int = 3, axis: int | None = None, length
     return out.astype(bool)
 
 
-def dilated_edge_mask(edges: np.ndarray, near_region: np.ndarray, np_iterations: int, block_radius: int,
+def dilated_edge_mask(edges: np.ndarray, near_region: np.ndarray, np_iterations: int, block_radius,
                       rng) -> np.ndarray:
     """RegNet's random dilation phases on the edges inside ``near_region`` (the lung dilated by
-    one voxel): (3, z, y, x) bool, one
-    channel per DVF component: one full dilation, then zero-motion holes punched at random edge
-    points, then growth in random blocks (18-connected, then directional 9^3 elements).
+    one voxel): (3, z, y, x) bool, one channel per DVF component: one full dilation, then
+    zero-motion holes punched at random edge points, then growth in random blocks of
+    ``block_radius`` voxels (one value, or one per array axis z, y, x) (18-connected, then
+    directional 9^3 elements).
 
     Each channel keeps its own "available" set. RegNet reduced only channel 2's, through a
     leaked loop variable, so in practice two channels were never exhausted; here every channel
@@ -185,8 +201,9 @@ def dilated_edge_mask(edges: np.ndarray, near_region: np.ndarray, np_iterations:
     out = np.zeros((3,) + edges.shape, bool)
     if not available0.any():
         return out
-    box = tuple(slice(max(0, s.start - block_radius - 2), min(n, s.stop + block_radius + 2))
-                for s, n in zip(ndimage.find_objects(available0.astype(np.uint8))[0], edges.shape))
+    radius = [int(r) for r in np.broadcast_to(block_radius, (3,))]
+    box = tuple(slice(max(0, s.start - r - 2), min(n, s.stop + r + 2))
+                for s, n, r in zip(ndimage.find_objects(available0.astype(np.uint8))[0], edges.shape, radius))
     available = np.repeat(available0[box][None], 3, axis=0)
     dilated = available.copy()
     # Candidates are re-listed only now and then; a drawn point that is no longer available is
@@ -216,7 +233,7 @@ def dilated_edge_mask(edges: np.ndarray, near_region: np.ndarray, np_iterations:
             break
         for c in range(3):
             centre = np.unravel_index(draw(c), shape)
-            block = tuple(slice(max(0, k - block_radius), min(n, k + block_radius + 1)) for k, n in zip(centre, shape))
+            block = tuple(slice(max(0, k - r), min(n, k + r + 1)) for k, n, r in zip(centre, shape, radius))
             if it == 0:  # one full 3x3x3 dilation of the whole channel
                 dilated[c] = _box_dilate(dilated[c])
             elif it < b1:
@@ -233,8 +250,8 @@ def dilated_edge_mask(edges: np.ndarray, near_region: np.ndarray, np_iterations:
     return out
 
 
-def mixed_frequency(geometry: Geometry, exp: DeformExp, number: int, stage: int, rng, image=None,
-                    torso=None, lung=None, edges=None, **_) -> np.ndarray:
+def mixed_frequency(geometry: Geometry, exp: DeformExp, number: int, rng, image=None,
+                    torso=None, lung=None, edges=None) -> np.ndarray:
     """Edges of the image (in the lung, or the torso without one) grown by random dilation
     phases, filled with a B-spline field, smoothed with a random sigma per component."""
     m = exp.MaxDeform * exp.MixedFrequency_MaxDeformRatio
@@ -248,32 +265,46 @@ def mixed_frequency(geometry: Geometry, exp: DeformExp, number: int, stage: int,
         with step("Canny edges"):
             edges = canny_edges(image, exp, near_region)
     with step("dilation phases"):
-        mask = dilated_edge_mask(edges, near_region, exp.MixedFrequency_Np[number],
-                                 max(1, round(exp.MixedFrequency_BlockRadius / stage)), rng)
+        radius = tuple(max(1, round(r)) for r in voxels(exp.MixedFrequency_BlockRadius, geometry))
+        mask = dilated_edge_mask(edges, near_region, exp.MixedFrequency_Np[number], radius, rng)
     with step("B-spline field"):
         dvf = random_bspline_field(geometry, exp.MixedFrequency_BSplineGridSpacing[number], m,
                                    exp.MixedFrequency_SetGridBorderToZero,
-                                   exp.MixedFrequency_GridSmoothingSigma / stage, rng, "mixed")
+                                   voxels(exp.MixedFrequency_GridSmoothingSigma, geometry), rng, "mixed")
     lo, hi = exp.MixedFrequency_SigmaRange
     with step("mask + smoothing"):
         for c in range(3):
-            dvf[..., c] = smooth(dvf[..., c] * mask[c], rng.uniform(lo / stage, hi / stage))
+            dvf[..., c] = smooth(dvf[..., c] * mask[c], voxels(rng.uniform(lo, hi), geometry))
     return normalize_max(dvf, m) if exp.DVFNormalization else dvf
 
 
-METHODS = {
-    "zero": zero,
-    "translation": translation,
-    "single_frequency": single_frequency,
-    "respiratory_motion": respiratory_motion,
-    "mixed_frequency": mixed_frequency,
-}
+#: The function of each method name of :data:`regnet.settings.METHODS` (one list of names).
+FUNCTIONS = {name: globals()[name] for name in METHODS}
+_COMMON = ("geometry", "exp", "number", "rng")
 
 
-def synthetic_dvf(method: str, geometry: Geometry, exp: DeformExp, number: int, stage: int, rng, **inputs):
-    """Dispatch by method name (``exp.method_of(dsmooth)`` gives ``method, number``)."""
+def inputs_of(method: str) -> tuple[str, ...]:
+    """The data a method takes besides the common arguments, e.g. ('torso', 'lung')."""
+    return tuple(p for p in inspect.signature(_function(method)).parameters if p not in _COMMON)
+
+
+def _function(method: str):
     try:
-        function = METHODS[method]
+        return FUNCTIONS[method]
     except KeyError:
-        raise RegNetError(f"Unknown deform method {method!r}; choose one of {sorted(METHODS)}.") from None
-    return function(geometry=geometry, exp=exp, number=number, stage=stage, rng=rng, **inputs)
+        raise RegNetError(f"Unknown deform method {method!r}; choose one of {sorted(FUNCTIONS)}.") from None
+
+
+def synthetic_dvf(method: str, geometry: Geometry, exp: DeformExp, number: int, rng, **inputs) -> np.ndarray:
+    """Dispatch by method name (``exp.method_of(dsmooth)`` gives ``method, number``). ``inputs``
+    are the method's own (:func:`inputs_of`); any other keyword is an error, not ignored."""
+    function = _function(method)
+    accepted = inputs_of(method)
+    unexpected = sorted(set(inputs) - set(accepted))
+    if unexpected:
+        raise RegNetError(f"Deform method {method!r} got unexpected keyword(s) {', '.join(map(repr, unexpected))}; "
+                          f"it takes {', '.join(map(repr, accepted)) or 'no inputs'} besides the grid, "
+                          "experiment, deform number and generator.")
+    common = {"geometry": geometry, "exp": exp, "number": number, "rng": rng}
+    parameters = inspect.signature(function).parameters
+    return function(**{k: v for k, v in common.items() if k in parameters}, **inputs)

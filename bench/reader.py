@@ -1,0 +1,106 @@
+"""Patch reader throughput: crop4 patches (101^3 x 2 -> 21^3 x 3) at BatchSize 15, chunks of 16 images.
+
+    python bench/reader.py [--out DIR] [--batches N] [--workers 1 2]
+
+Generates 16 phantom pairs at stage 1 once (kept in --out), then reports for each thread count:
+time to first batch, patches/s and batches/s for a consumer that takes batches as fast as it can,
+queue occupancy for a consumer that takes one batch every 50 ms (a fast GPU step), and peak RSS.
+As the baseline for the choice of threads over processes it times, in the same run, handing one
+batch from a worker process to the consumer through a multiprocessing queue (the copy a process
+design adds to every batch).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+
+import numpy as np
+
+from regnet.generate import run
+from regnet.reading import PatchReader
+from regnet.settings import load_settings
+
+
+def settings(out: str):
+    return load_settings({
+        "DataExpDict": [{"data": "Phantom", "deform_exp": "3D_max7_D14_K", "TrainingCNList": [1, 2, 3, 4],
+                         "TrainingTypeImList": [0], "TrainingDSmoothList": [0, 4, 9, 13],
+                         "ValidationCNList": [], "ValidationDSmoothList": []}],
+        "stage": 1, "NetworkDesign": "crop4_connection", "OutputFolder": out, "Jobs": 2,
+        "NetworkTraining": {"NumberOfImagesPerChunk": 16, "SamplesPerImage": 50, "BatchSize": 15,
+                            "MaxQueueSize": 20},
+    })
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def measure(s, workers: int, batches: int) -> dict:
+    t0 = time.perf_counter()
+    with PatchReader(s, workers=workers) as reader:
+        next(reader)
+        first = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for _ in range(batches):
+            next(reader)
+        fast = time.perf_counter() - t1
+        occupancy = []
+        for _ in range(batches):
+            time.sleep(0.05)
+            occupancy.append(reader._queue.qsize())
+            next(reader)
+        chunk_gib = reader.peak_chunk_bytes / 2**30
+    return {"workers": workers, "first_batch_s": first, "batches_per_s": batches / fast,
+            "patches_per_s": batches * 15 / fast, "queue_min": min(occupancy[len(occupancy) // 4:]),
+            "queue_mean": float(np.mean(occupancy)), "chunk_gib": chunk_gib}
+
+
+def _send(q, shape):
+    q.put(np.zeros(shape, np.float32))
+
+
+def process_handoff_seconds(shape) -> float:
+    """One batch from a worker process to this one (pickling + pipe), the per-batch cost of processes."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue(maxsize=2)
+    p = ctx.Process(target=_send, args=(q, shape))
+    p.start()
+    q.get()  # warm up: process start
+    p.join()
+    p = ctx.Process(target=_send, args=(q, shape))
+    p.start()
+    time.sleep(1.0)  # let the child allocate and start writing
+    t0 = time.perf_counter()
+    q.get()
+    elapsed = time.perf_counter() - t0
+    p.join()
+    return elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench_reader_data")
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    s = settings(args.out)
+    t0 = time.perf_counter()
+    run(s, jobs=2)
+    print(f"pairs ready in {time.perf_counter() - t0:.1f} s (16 phantom pairs, stage 1)")
+    print("| threads | first batch (s) | batches/s | patches/s | queue min / mean at 1 batch per 50 ms | chunk (GiB) |")
+    print("|---|---|---|---|---|---|")
+    for w in args.workers:
+        r = measure(s, w, args.batches)
+        print(f"| {w} | {r['first_batch_s']:.2f} | {r['batches_per_s']:.2f} | {r['patches_per_s']:.0f} "
+              f"| {r['queue_min']} / {r['queue_mean']:.1f} | {r['chunk_gib']:.2f} |")
+    handoff = process_handoff_seconds((15, 101, 101, 101, 2))
+    print(f"baseline: one 15-patch batch handed over from a worker process: {handoff * 1000:.0f} ms "
+          f"(= at most {15 / handoff:.0f} patches/s through one pipe, before any cutting)")
+    print(f"peak RSS {peak_rss_gib():.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Validation metrics: end-point error (mm) overall and per class of true displacement magnitude.
+
+Written with ``keras.ops`` only, so they run on every Keras backend.
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+PACKAGE = "regnet"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class EndPointError(keras.metrics.Metric):
+    """Mean |u_pred - u_true| (mm) over the voxels whose true |u| lies in [low, high)."""
+
+    def __init__(self, low: float = 0.0, high: float | None = None, name: str = "epe", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.low, self.high = float(low), None if high is None else float(high)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.cast(y_pred, "float32")
+        error = ops.sqrt(ops.sum(ops.square(y_pred - y_true), axis=-1))
+        norm = ops.sqrt(ops.sum(ops.square(y_true), axis=-1))
+        inside = ops.cast(norm >= self.low, "float32")
+        if self.high is not None:
+            inside = inside * ops.cast(norm < self.high, "float32")
+        self.total.assign_add(ops.sum(error * inside))
+        self.count.assign_add(ops.sum(inside))
+
+    def result(self):
+        return self.total / ops.maximum(self.count, 1.0)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "low": self.low, "high": self.high}
+
+
+def class_metrics(thresholds) -> list[EndPointError]:
+    """EPE overall, then one per ClassBalanced class (names epe, epe_c0, epe_c1, ...)."""
+    edges = [0.0, *thresholds[:-1], None]
+    return [EndPointError(name="epe")] + [EndPointError(lo, hi, name=f"epe_c{k}")
+                                          for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]

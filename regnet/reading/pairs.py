@@ -1,0 +1,103 @@
+"""One synthetic pair as the reader needs it: images masked to their torso, the DVF, the centre mask.
+
+Files are read through the pair store; a pair that is not on disk yet is made on demand by the
+generator's own atomic, resumable path (never polled for). Every file problem becomes one
+:class:`~regnet.RegNetError` naming the file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from regnet import RegNetError
+from regnet.geometry import Geometry
+from regnet.io import read_image
+from regnet.store import PairId, PairStore
+
+
+@dataclass
+class LoadedPair:
+    """Arrays of one pair on its stage grid (z, y, x). ``dvf`` is in mm with components along the
+    grid's own index axes (x, y, z) (= physical components for an identity direction)."""
+
+    pair: PairId
+    images: np.ndarray  # (z, y, x, 2): [moving, fixed], stacked so one copy cuts both channels
+    dvf: np.ndarray
+    torso: np.ndarray
+    geometry: Geometry
+    pad_value: float
+    keep_alive: object = None  # the SimpleITK image whose buffer ``dvf`` may view (no copy)
+
+    @property
+    def moving(self) -> np.ndarray:
+        return self.images[..., 0]
+
+    @property
+    def fixed(self) -> np.ndarray:
+        return self.images[..., 1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.images, self.dvf, self.torso))
+
+
+def dvf_in_grid_axes(dvf: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Physical (x, y, z) components -> components along the grid's index axes: D^T u.
+
+    Why: the network sees patches on the index grid, so what it can learn is displacement along
+    those axes; for an identity direction this is the file's own DVF, unchanged (no copy)."""
+    d = geometry.matrix
+    if np.allclose(d, np.eye(3)):
+        return dvf
+    return (dvf @ d).astype(np.float32)  # row vector u^T D = (D^T u)^T
+
+
+def _read(path: Path, vector: bool = False) -> sitk.Image:
+    if not path.is_file():
+        raise RegNetError(f"{path}: missing file of a generated pair (its done.json exists); delete the pair's "
+                          "folder and run `regnet generate` again.")
+    return read_image(path, vector=vector)
+
+
+def _masked(image: sitk.Image, torso: np.ndarray, pad_value: float) -> np.ndarray:
+    """Voxels outside the torso set to the background, as RegNet fed them (int16 kept for CT)."""
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype not in (np.int16, np.float32):
+        array = array.astype(np.float32)
+    array[~torso] = pad_value
+    return array
+
+
+def load_pair(store: PairStore, pair: PairId, generate_missing: bool = True) -> LoadedPair:
+    """Read a pair's files (making the pair first when it is missing and ``generate_missing``)."""
+    files = store.files(pair)
+    if not files.done.is_file():
+        if not generate_missing:
+            raise RegNetError(f"{files.done.parent}: pair not generated (no done.json); run `regnet generate`.")
+        from regnet.generate import generate_pair, prepare_image  # the job's atomic, resumable path
+
+        prepare_image(pair.image, store.settings, store.root)
+        generate_pair(pair, store.settings, store.root)
+    layout = store.layout(pair.image.data)
+    fixed_image, dvf_image = _read(files.fixed), _read(files.dvf, vector=True)
+    moving_image = _read(files.moving)
+    geometry = Geometry.of(dvf_image)
+    for what, image, path in (("deformed image", fixed_image, files.fixed), ("base image", moving_image, files.moving)):
+        if not Geometry.of(image).close_to(geometry):
+            raise RegNetError(f"{files.dvf}: the DVF grid {geometry.size} @ {geometry.spacing} mm differs from the "
+                              f"{what} {path} ({Geometry.of(image).size} @ {Geometry.of(image).spacing} mm); "
+                              "the pair is inconsistent: delete its folder and regenerate it.")
+    fixed_torso = sitk.GetArrayFromImage(_read(files.fixed_torso)) > 0
+    moving_torso = sitk.GetArrayFromImage(_read(files.moving_torso)) > 0
+    if not fixed_torso.any():
+        raise RegNetError(f"{files.fixed_torso}: the torso mask is empty, so no patch centre can be drawn in it.")
+    pad = float(layout.default_pixel_value)
+    dvf = dvf_in_grid_axes(sitk.GetArrayViewFromImage(dvf_image), geometry)
+    moving, fixed = _masked(moving_image, moving_torso, pad), _masked(fixed_image, fixed_torso, pad)
+    if moving.dtype != fixed.dtype:
+        moving, fixed = moving.astype(np.float32), fixed.astype(np.float32)
+    return LoadedPair(pair=pair, images=np.stack([moving, fixed], axis=-1), dvf=dvf,
+                      torso=fixed_torso, geometry=geometry, pad_value=pad, keep_alive=dvf_image)
