@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "masks": "regnet.masks",
     "generate": "regnet.generate",
     "train": "regnet.train",
+    "register": "regnet.register",
+    "register-series": "regnet.register",
     "evaluate": "regnet.evaluate",
     "compare": "regnet.report",
 }
@@ -70,9 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.CLI_HELP)
-        module.add_arguments(p)
-        p.set_defaults(func=getattr(module, f"{name}_command"))
+        key = name.replace("-", "_")  # a module's second command: {KEY}_CLI_HELP, {key}_add_arguments
+        p = sub.add_parser(name, help=getattr(module, f"{key.upper()}_CLI_HELP", module.CLI_HELP))
+        getattr(module, f"{key}_add_arguments", module.add_arguments)(p)
+        p.set_defaults(func=getattr(module, f"{key}_command"))
     return parser
 
 
