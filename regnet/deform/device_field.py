@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from regnet import RegNetError
 from regnet.deform.device_grid import (
     basis_taps,
     cubic_prefilter_taps,
@@ -65,14 +66,29 @@ def dense_field(coefficients, geometry):
 
 
 # ---------------------------------------------------------------- separable filters
-def _fir_along(x, axis: int, taps: np.ndarray, pad_index: np.ndarray):
-    """Convolve (N, z, y, x) volumes along ``axis`` (1, 2 or 3) with ``taps``, after padding by
-    the gather ``pad_index`` (length n + len(taps) - 1: the boundary rule)."""
-    padded = ops.expand_dims(ops.take(x, pad_index, axis=axis), -1)
-    kernel_shape = [1, 1, 1, 1, 1]
-    kernel_shape[axis - 1] = len(taps)
-    kernel = ops.convert_to_tensor(np.asarray(taps, np.float32)[::-1].reshape(kernel_shape))  # true convolution
-    return ops.squeeze(ops.conv(padded, kernel, strides=1, padding="valid"), -1)
+def _filter_matrix(n: int, taps: np.ndarray, boundary) -> np.ndarray:
+    """(n, n) matrix of a 1D FIR filter with its boundary rule folded in: row i sums
+    taps[k] * x[boundary(i + k - r)], so one product is the exact padded convolution."""
+    r = len(taps) // 2
+    rows = np.repeat(np.arange(n), len(taps))
+    cols = boundary((np.arange(n)[:, None] + np.arange(-r, r + 1)[None, :]).ravel(), n)
+    matrix = np.zeros((n, n), np.float64)
+    np.add.at(matrix, (rows, cols), np.tile(np.asarray(taps, np.float64), n))
+    return matrix.astype(np.float32)
+
+
+def _clamp(index, n):
+    return np.clip(index, 0, n - 1)
+
+
+_EINSUM = {1: "bzyx,wz->bwyx", 2: "bzyx,wy->bzwx", 3: "bzyx,wx->bzyw"}
+
+
+def _filter_along(x, axis: int, matrix: np.ndarray):
+    """Apply an (n, n) filter matrix along ``axis`` (1, 2 or 3) of (N, z, y, x) volumes: a
+    matrix product per axis is what accelerators (and BLAS on a CPU) do fastest, several times
+    faster here than a one-channel convolution, and exact at the borders."""
+    return ops.einsum(_EINSUM[axis], x, ops.convert_to_tensor(matrix))
 
 
 def _fold_channels(x):
@@ -92,12 +108,8 @@ def gaussian_smooth(x, sigma_zyx, truncate: float = 4.0):
         x, unfold = _fold_channels(x)
     sigmas = np.broadcast_to(np.asarray(sigma_zyx, float), (3,))
     for k, sigma in enumerate(sigmas):
-        if sigma <= 0:
-            continue
-        taps = gaussian_taps(sigma, truncate)
-        r = len(taps) // 2
-        n = int(x.shape[k + 1])
-        x = _fir_along(x, k + 1, taps, np.clip(np.arange(-r, n + r), 0, n - 1))
+        if sigma > 0:
+            x = _filter_along(x, k + 1, _filter_matrix(int(x.shape[k + 1]), gaussian_taps(sigma, truncate), _clamp))
     return unfold(x) if channels else x
 
 
@@ -107,8 +119,7 @@ def bspline_prefilter(images, radius: int = 16):
     x = as_float(images)
     taps = cubic_prefilter_taps(radius)
     for axis in (1, 2, 3):
-        n = int(x.shape[axis])
-        x = _fir_along(x, axis, taps, mirror_index(np.arange(-radius, n + radius), n))
+        x = _filter_along(x, axis, _filter_matrix(int(x.shape[axis]), taps, mirror_index))
     return x
 
 
@@ -135,24 +146,66 @@ def _sample_indices(dvf, geometry):
     return q, inside
 
 
-def _gather(flat, iz, iy, ix, shape):
-    """Values of (B, z*y*x) ``flat`` at integer (B, z, y, x) indices."""
-    _, y, x = shape
-    index = ops.reshape((iz * y + iy) * x + ix, (flat.shape[0], -1))
-    return ops.reshape(ops.take_along_axis(flat, index, axis=1), iz.shape)
+def _cubic_weights(t):
+    """Cubic B-spline weights of the taps floor-1 .. floor+2 (products, not powers: pow is slow on a CPU)."""
+    s = 1 - t
+    t2 = t * t
+    t3 = t2 * t
+    return s * s * s / 6, 0.5 * t3 - t2 + 2 / 3, (-3 * t3 + 3 * t2 + 3 * t + 1) / 6, t3 / 6
 
 
-def _mirror(i, n: int):
+def _linear_weights(t):
+    return 1 - t, t
+
+
+#: interpolation -> (first tap offset from floor(q), weights(t), boundary rule of the indices)
+_KERNELS = {"linear": (0, _linear_weights, _clamp), "cubic": (-1, _cubic_weights, mirror_index)}
+
+
+def _stencil_warp(values, q, shape, interpolation: str):
+    """Separable-kernel interpolation of (B, z, y, x) ``values`` at continuous indices q.
+
+    Gathers are what a CPU does slowest (tens of ns each), so each voxel's (y, x) stencil is
+    laid out as one row of a table (K*K values) and fetched in one row gather per z tap:
+    4 gathers per voxel for cubic instead of 64, 2 for linear instead of 8."""
+    offset, weights_of, boundary = _KERNELS[interpolation]
+    z, y, x = shape
+    floors, weights = [], []
+    for qa, n in zip(q, (z, y, x)):
+        f = ops.floor(qa)
+        weights.append(weights_of(qa - f))
+        floors.append(ops.clip(ops.cast(f, "int32"), -1, n - 1))  # outside points are masked later
+    k = len(weights[0])
+    taps = np.arange(k) + offset
+    # table[b, z, p, s, j, i] = values[b, z, boundary(p - 1 + taps[j]), boundary(s - 1 + taps[i])]
+    index_x = boundary(np.arange(x + 1)[:, None] - 1 + taps[None, :], x).astype(np.int32)
+    index_y = boundary(np.arange(y + 1)[:, None] - 1 + taps[None, :], y).astype(np.int32)
+    table = ops.take(values, index_x, axis=3)                       # (B, z, y, x+1, K)
+    table = ops.stack([ops.take(table, index_y[:, j], axis=2) for j in range(k)], axis=-2)  # (B, z, y+1, x+1, K, K)
+    table = ops.reshape(table, (-1, k * k))
+    batch = ops.reshape(ops.arange(values.shape[0], dtype="int32"), (-1, 1, 1, 1))
+    fz, fy, fx = floors
+    row_in_plane = ops.reshape((fy + 1) * (x + 1) + (fx + 1), (-1,))
+    plane_of = ops.reshape(batch * z, (-1, 1, 1, 1)) + ops.zeros_like(fz)
+    wy = ops.reshape(ops.stack(weights[1], -1), (-1, k, 1))
+    wx = ops.reshape(ops.stack(weights[2], -1), (-1, 1, k))
+    out = 0.0
+    for j in range(k):
+        iz = ops.reshape(plane_of + _index_map(fz + int(taps[j]), z, boundary), (-1,))
+        rows = ops.reshape(ops.take(table, iz * ((y + 1) * (x + 1)) + row_in_plane, axis=0), (-1, k, k))
+        out = out + ops.reshape(weights[0][j], (-1,)) * ops.sum(ops.sum(rows * wx, axis=-1) * wy[..., 0], axis=-1)
+    return ops.reshape(out, tuple(fz.shape))
+
+
+def _index_map(i, n: int, boundary):
+    """The boundary rule of the host tables, on device index tensors."""
+    if boundary is _clamp:
+        return ops.clip(i, 0, n - 1)
     if n == 1:
         return ops.zeros_like(i)
     period = 2 * n - 2
     m = ops.mod(i, period)
     return ops.where(m >= n, period - m, m)
-
-
-def _cubic_weights(t):
-    return ((1 - t) ** 3 / 6, (3 * t ** 3 - 6 * t ** 2 + 4) / 6, (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6,
-            t ** 3 / 6)
 
 
 def warp(images, dvf, geometry, interpolation: str = "linear", default: float = 0.0, coefficients=None):
@@ -166,44 +219,22 @@ def warp(images, dvf, geometry, interpolation: str = "linear", default: float = 
     shape = shape_of(geometry)
     images = as_float(images)
     if tuple(images.shape[1:]) != shape or tuple(dvf.shape[1:4]) != shape:
-        raise ValueError(f"warp: images {tuple(images.shape)} and DVF {tuple(dvf.shape)} must be on the "
+        raise RegNetError(f"warp: images {tuple(images.shape)} and DVF {tuple(dvf.shape)} must be on the "
                          f"grid {shape} (z, y, x)")
     (qx, qy, qz), inside = _sample_indices(dvf, geometry)
     z, y, x = shape
     if interpolation == "nearest":
-        flat = ops.reshape(images, (images.shape[0], -1))
-        idx = [ops.clip(ops.cast(ops.floor(q + 0.5), "int32"), 0, n - 1) for q, n in ((qz, z), (qy, y), (qx, x))]
-        out = _gather(flat, *idx, shape)
-    elif interpolation == "linear":
-        flat = ops.reshape(images, (images.shape[0], -1))
-        corners = []
-        for q, n in ((qz, z), (qy, y), (qx, x)):
-            f = ops.floor(q)
-            t = q - f
-            f = ops.cast(f, "int32")
-            corners.append(((ops.clip(f, 0, n - 1), 1 - t), (ops.clip(f + 1, 0, n - 1), t)))
-        out = 0.0
-        for iz, wz in corners[0]:
-            for iy, wy in corners[1]:
-                for ix, wx in corners[2]:
-                    out = out + (wz * wy * wx) * _gather(flat, iz, iy, ix, shape)
-    elif interpolation == "cubic":
-        c = bspline_prefilter(images) if coefficients is None else as_float(coefficients)
-        flat = ops.reshape(c, (c.shape[0], -1))
-        taps = []
-        for q, n in ((qz, z), (qy, y), (qx, x)):
-            f = ops.floor(q)
-            w = _cubic_weights(q - f)
-            f = ops.cast(f, "int32")
-            taps.append([(_mirror(f - 1 + k, n), w[k]) for k in range(4)])
-        out = 0.0
-        for iz, wz in taps[0]:
-            for iy, wy in taps[1]:
-                wzy = wz * wy
-                for ix, wx in taps[2]:
-                    out = out + (wzy * wx) * _gather(flat, iz, iy, ix, shape)
+        batch = ops.reshape(ops.arange(images.shape[0], dtype="int32"), (-1, 1, 1, 1))
+        iz, iy, ix = (ops.clip(ops.cast(ops.floor(q + 0.5), "int32"), 0, n - 1) for q, n in ((qz, z), (qy, y), (qx, x)))
+        index = ops.reshape(((batch * z + iz) * y + iy) * x + ix, (-1,))
+        out = ops.reshape(ops.take(ops.reshape(images, (-1,)), index, axis=0), tuple(iz.shape))
+    elif interpolation in _KERNELS:
+        values = images
+        if interpolation == "cubic":
+            values = bspline_prefilter(images) if coefficients is None else as_float(coefficients)
+        out = _stencil_warp(values, (qz, qy, qx), shape, interpolation)
     else:
-        raise ValueError(f"Unknown interpolation {interpolation!r}; choose 'linear', 'cubic' or 'nearest'.")
+        raise RegNetError(f"Unknown interpolation {interpolation!r}; choose 'linear', 'cubic' or 'nearest'.")
     return ops.where(inside, out, ops.cast(default, out.dtype))
 
 

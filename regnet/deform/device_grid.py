@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from regnet import RegNetError
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -130,7 +132,7 @@ def normalize_coefficients(coeffs: np.ndarray, max_deform: float, mode: str) -> 
         if peak < max_deform:
             return coeffs * (max_deform / peak)
         return coeffs
-    raise ValueError(f"Unknown coefficient normalisation {mode!r}; choose 'single' or 'mixed'.")
+    raise RegNetError(f"Unknown coefficient normalisation {mode!r}; choose 'single' or 'mixed'.")
 
 
 def draw_bspline_coefficients(geometry, grid_spacing_mm, max_deform: float, border: int, sigma: float,
