@@ -282,15 +282,17 @@ def _reorder(parts: list, order: list[int]):
 
 
 def generate_pairs(images, torso, lung, geometry, exp, keys: list[tuple], dsmooths: list[int], stage=None,
-                   default: float = -2048.0, round_hu: bool = True, edges=None) -> dict:
+                   default: float = -2048.0, round_hu: bool = True, edges=None, next_images=None) -> dict:
     """Synthetic pairs for a batch of base images already on the device, as the offline job
     makes them: a next image for dsmooth > 0, the field of ``exp.method_of(dsmooth)``, the cubic
     warp, masks warped (nearest), the Jacobian and the intensity chain.
 
     ``keys[b]`` is the stable-hash key of sample b without its purpose -- the job's is
     ``(deform_exp, data, cn, type_im, dsmooth, stage)``; put a step number in it to draw fresh
-    fields for every batch. ``edges`` (B, z, y, x) bool, Canny edges per base image (CPU,
-    :func:`regnet.deform.methods.canny_edges`), is needed only for mixed frequency.
+    fields for every batch. ``edges`` (B, z, y, x) bool, Canny edges per original image (CPU,
+    :func:`regnet.deform.methods.canny_edges`, once per image), is needed only for mixed
+    frequency; a next image uses its original's edges warped with it. ``next_images`` (one
+    bool per sample) overrides RegNet's rule "a next image for dsmooth > 0".
 
     Returns ``moving`` (base images), ``fixed`` (deformed, augmented), ``dvf`` (mm, x y z),
     ``fixed_torso``, ``fixed_lung``, ``moving_torso`` -- all (B, ...) tensors.
@@ -302,11 +304,12 @@ def generate_pairs(images, torso, lung, geometry, exp, keys: list[tuple], dsmoot
     lung = as_float(lung) if lung is not None else ops.zeros_like(torso)
     purposes = ("NextDVF", "NextSponge", "NextNoise", "Sponge", "Noise")
     rngs = [{p: rng_for(*key, p) for p in purposes} for key in keys]
-    nexts = [b for b, d in enumerate(dsmooths) if d > 0]
+    next_images = [d > 0 for d in dsmooths] if next_images is None else [bool(n) for n in next_images]
+    nexts = [b for b, n in enumerate(next_images) if n]
     if nexts:
         made = next_image(_select(images, nexts), _select(torso, nexts), _select(lung, nexts), geometry, exp,
                           [rngs[b] for b in nexts], stage, default, round_hu)
-        originals = [b for b, d in enumerate(dsmooths) if d == 0]
+        originals = [b for b, n in enumerate(next_images) if not n]
         order = [originals, nexts]
 
         def merge(original, new):
