@@ -38,7 +38,8 @@ from regnet import RegNetError, __version__
 from regnet.geometry import Geometry
 
 CLI_HELP = "register MOVING to FIXED: affine pre-alignment + multi-stage RegNet -> dvf.mha, warped_moving.mha"
-REGISTER_SERIES_CLI_HELP = "register every image of a series (or volume of a 4D file) to one reference, models loaded once"
+REGISTER_SERIES_CLI_HELP = ("register every image of a series (or volume of a 4D file) to one reference, "
+                            "models loaded once")
 AFFINE_KINDS = ("none", "rigid", "affine")
 STAGES = (1, 2, 4)
 OUTPUT_FILES = ("dvf.mha", "warped_moving.mha", "affine.tfm", "overlay.png", "registration.json")
@@ -117,7 +118,8 @@ def load_stage_model(path) -> StageModel:
     try:
         from regnet.networks import load
     except ImportError as err:
-        raise RegNetError(f"Loading {path.name} needs regnet.networks, which this installation lacks ({err}).") from None
+        raise RegNetError(f"Loading {path.name} needs regnet.networks, which this installation lacks "
+                          f"({err}).") from None
     model = load(path)
     check_model(model, str(path))
     return model

@@ -291,7 +291,8 @@ def test_cli_affine_only_on_a_real_ct(tmp_path):
     shift = sitk.TranslationTransform(3, (4.0, -3.0, 2.0))
     moved = sitk.Resample(ct, ct, shift, sitk.sitkBSpline, -1024.0, ct.GetPixelID())   # moved(p) = ct(p + t)
     sitk.WriteImage(moved, str(tmp_path / "moving.mha"))
-    assert main(["register", str(shared_file("fixtures", "totalseg_example_ct_sm.nii.gz")), str(tmp_path / "moving.mha"),
+    fixed = str(shared_file("fixtures", "totalseg_example_ct_sm.nii.gz"))
+    assert main(["register", fixed, str(tmp_path / "moving.mha"),
                  "--model", "none", "--affine", "rigid", "--quiet", "--out", str(tmp_path / "out")]) == 0
     found = sitk.ReadTransform(str(tmp_path / "out" / "affine.tfm"))
     # fixed(p) = ct(p) = moved(p - t): the transform must map p to p - t
