@@ -17,7 +17,7 @@ from regnet.deform.augment import next_image as numpy_next_image
 from regnet.deform.augment import noise as numpy_noise
 from regnet.deform.augment import sponge as numpy_sponge
 from regnet.deform.field import jacobian_determinant, warp
-from regnet.deform.methods import canny_edges, synthetic_dvf
+from regnet.deform.methods import canny_edges, inputs_of, synthetic_dvf
 from regnet.geometry import Geometry
 from regnet.io import image_from_array
 from regnet.phantom import PhantomSpec, make_phantom
@@ -44,8 +44,9 @@ def phantom():
 def numpy_field(method, number, key, image, torso, lung, **extra):
     """The NumPy generator's field (with or without its ``stage`` argument)."""
     kwargs = {"stage": STAGE} if "stage" in inspect.signature(synthetic_dvf).parameters else {}
-    return synthetic_dvf(method, Geometry.of(image), EXP, number, rng=rng_for(*key, method), image=image,
-                         torso=torso, lung=lung, **kwargs, **extra)
+    data = {"image": image, "torso": torso, "lung": lung, **extra}
+    data = {k: v for k, v in data.items() if k in inputs_of(method)}  # each method takes only its own inputs
+    return synthetic_dvf(method, Geometry.of(image), EXP, number, rng=rng_for(*key, method), **kwargs, **data)
 
 
 # ---------------------------------------------------------------- B-spline step
@@ -234,7 +235,7 @@ def test_next_image_follows_the_numpy_next_image(phantom):
     g = Geometry.of(image)
     names = ("NextDVF", "NextSponge", "NextNoise")
     theirs = numpy_next_image(image, image_from_array(torso.astype(np.uint8), g),
-                              image_from_array(lung.astype(np.uint8), g), EXP, STAGE,
+                              image_from_array(lung.astype(np.uint8), g), EXP,
                               {k: rng_for("next", k) for k in names})
     ours = device.next_image(array[None], torso[None], lung[None], g, EXP, [{k: rng_for("next", k) for k in names}],
                              STAGE)
