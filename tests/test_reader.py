@@ -278,5 +278,7 @@ def test_a_missing_pair_is_generated_on_demand(copy_of):
 def test_bad_modes_are_named(root):
     with pytest.raises(RegNetError, match="mode must be one of"):
         PatchReader(settings_for(root), mode="Test")
+    with pytest.raises(RegNetError, match=r"source must be one of \('files',\), got 'memory'"):
+        PatchReader(settings_for(root), source="memory")
     with pytest.raises(RegNetError, match="no validation pairs"):
         PatchReader(settings_for(root, DataExpDict=[{**BASE["DataExpDict"][0], "ValidationCNList": []}]), "Validation")

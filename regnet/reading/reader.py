@@ -29,7 +29,7 @@ from regnet.settings import Settings, load_settings
 from regnet.store import PairId, PairStore, pair_list
 
 MODES = ("Training", "Validation")
-SOURCES = ("files", "memory")
+SOURCES = ("files",)  # "memory" (pairs made on the fly in worker processes) is not built yet
 _END = object()
 
 
@@ -234,10 +234,6 @@ class PatchReader:
         return Chunk(position, loaded, rows)
 
     def _loader_map(self, members: list[PairId]):
-        if self.source == "memory":
-            from regnet.reading.memory import make_pairs
-
-            return make_pairs(self.store, members, self.workers)
         return (load_pair(self.store, p, self.generate_missing) for p in members)
 
     def _draw(self, loaded: list[LoadedPair], rng: np.random.Generator, where: str) -> np.ndarray:
