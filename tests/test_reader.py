@@ -267,7 +267,8 @@ def test_an_empty_torso_is_refused(copy_of):
 
 
 def test_a_missing_pair_is_generated_on_demand(copy_of):
-    settings = settings_for(copy_of)
+    settings = settings_for(copy_of, NetworkTraining={"NumberOfImagesPerChunk": 6, "SamplesPerImage": 5,
+                                                      "BatchSize": 5})  # every pair in the first chunk
     files = first_pair_files(settings)
     shutil.rmtree(files.done.parent)
     with PatchReader(settings) as reader:

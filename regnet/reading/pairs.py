@@ -79,8 +79,8 @@ def load_pair(store: PairStore, pair: PairId, generate_missing: bool = True) -> 
             raise RegNetError(f"{files.done.parent}: pair not generated (no done.json); run `regnet generate`.")
         from regnet.generate import generate_pair, prepare_image  # the job's atomic, resumable path
 
-        prepare_image(pair.image, store.settings, store.root)
-        generate_pair(pair, store.settings, store.root)
+        prepare_image(pair.image, store)
+        generate_pair(pair, store)
     layout = store.layout(pair.image.data)
     fixed_image, dvf_image = _read(files.fixed), _read(files.dvf, vector=True)
     moving_image = _read(files.moving)
