@@ -103,6 +103,8 @@ def main(argv=None):
         print(f"{name:<18}{str(row['input']) + '->' + str(row['output']):>10}{batch:>6}{row['parameters']:>11}"
               f"{row['first_step_s']:>9.2f}{row['s_per_step']:>9.3f}{row['patches_per_s']:>11.2f}", flush=True)
         keras.backend.clear_session()
+    if keras.backend.backend() != "tensorflow" and "tensorflow" in sys.modules:
+        print("note: tensorflow was imported although the backend is", keras.backend.backend())
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows

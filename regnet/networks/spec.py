@@ -10,7 +10,8 @@ from regnet.networks.layers import check_intensity
 
 #: Default input scaling: HU window [-1000, 1000] -> [-1, 1], clipped. RegNet fed raw HU and relied
 #: on batch norm; a fixed window keeps the first layer's inputs O(1) with or without batch norm, and
-#: makes the -2048 padding read as air instead of an outlier twice as far away.
+#: makes the -2048 padding read as air instead of an outlier twice as far away. Measured with
+#: bench/intensity_scaling.py (tiny unet1, 240 steps): window never worse than raw, with or without BN.
 DEFAULT_INTENSITY = {"mode": "window", "low": -1000.0, "high": 1000.0, "clip": True}
 
 
