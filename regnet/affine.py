@@ -118,7 +118,8 @@ def affine_register(fixed: sitk.Image, moving: sitk.Image, fixed_mask=None, movi
     fixed_mask, moving_mask = _mask(fixed_mask, fixed, "fixed"), _mask(moving_mask, moving, "moving")
 
     initial = centre_initialisation(fixed, moving, fixed_mask, moving_mask)
-    fixed_mask, moving_mask = _dilated(fixed_mask, options.mask_margin_mm), _dilated(moving_mask, options.mask_margin_mm)
+    fixed_mask = _dilated(fixed_mask, options.mask_margin_mm)
+    moving_mask = _dilated(moving_mask, options.mask_margin_mm)
     reg = _method(fixed, fixed_mask, moving_mask, options)
     reg.SetInitialTransform(initial, inPlace=True)
     rigid = _run(reg, fixed, moving, "rigid")
