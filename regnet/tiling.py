@@ -125,12 +125,15 @@ def automatic_max_patch(predictor, memory_bytes: int | None = None) -> int:
     return max(1, int((MEMORY_FRACTION * memory / per_voxel) ** (1.0 / 3.0)))
 
 
-def plan_tiles(shape, predictor, max_patch: int | None = None, overlap: float = 0.25,
+def plan_tiles(shape, predictor, max_patch: int | None = None, overlap: float | None = None,
                batch_size: int | None = None, blend: str = "cosine") -> TilePlan:
     """How to cover a (z, y, x) volume: tile side, stride and count per axis, and the batch size.
 
     ``max_patch`` is the largest input side (voxels) per tile; automatic from memory when None.
-    ``overlap`` is a fraction of the tile (< 1) or voxels (>= 1), rounded up to the unit.
+    ``overlap`` is a fraction of the tile (< 1) or voxels (>= 1), rounded up to the unit. Default:
+    two units for a valid network (each tile already sees its full margin of context; the overlap
+    only blends away the small dependence of outputs near a tile edge on what lies beyond it),
+    a quarter of the tile for a full-image network (zero-padded borders are poor; MONAI's default).
     """
     if blend not in BLENDS:
         raise RegNetError(f"Unknown blend {blend!r}; choose one of {', '.join(BLENDS)}.")
@@ -152,7 +155,10 @@ def plan_tiles(shape, predictor, max_patch: int | None = None, overlap: float = 
             axes.append(AxisPlan(n, one, unit, 1, (one - n) // 2))
             continue
         tile = largest
-        lap = overlap * tile if overlap < 1 else overlap
+        if overlap is None:
+            lap = 2 * unit if margin > 0 else 0.25 * tile
+        else:
+            lap = overlap * tile if overlap < 1 else overlap
         stride = max(unit, ((tile - math.ceil(lap)) // unit) * unit)
         count = math.ceil((n - tile) / stride) + 1
         covered = tile + (count - 1) * stride
@@ -181,7 +187,7 @@ def window(n: int, blend: str, single: bool) -> np.ndarray:
 
 
 def tiled_predict(moving: np.ndarray, fixed: np.ndarray, predictor, max_patch: int | None = None,
-                  overlap: float = 0.25, batch_size: int | None = None, blend: str = "cosine",
+                  overlap: float | None = None, batch_size: int | None = None, blend: str = "cosine",
                   plan: TilePlan | None = None, progress: bool = False) -> tuple[np.ndarray, TilePlan]:
     """The predictor's DVF for a whole (z, y, x) volume pair: ``(z, y, x, 3)`` float32.
 
