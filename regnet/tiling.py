@@ -159,8 +159,13 @@ def plan_tiles(shape, predictor, max_patch: int | None = None, overlap: float | 
             lap = 2 * unit if margin > 0 else 0.25 * tile
         else:
             lap = overlap * tile if overlap < 1 else overlap
-        stride = max(unit, ((tile - math.ceil(lap)) // unit) * unit)
+        stride = _stride(tile, lap, unit)
         count = math.ceil((n - tile) / stride) + 1
+        # the smallest tile that still covers the axis with this many tiles: less wasted padding
+        for smaller in range(valid_ceil(math.ceil(n / count), base, unit), tile, unit):
+            if smaller + (count - 1) * _stride(smaller, lap, unit) >= n:
+                tile, stride = smaller, _stride(smaller, lap, unit)
+                break
         covered = tile + (count - 1) * stride
         axes.append(AxisPlan(n, tile, stride, count, (covered - n) // 2))
     plan_input = math.prod(a.tile + 2 * margin for a in axes)
@@ -171,6 +176,10 @@ def plan_tiles(shape, predictor, max_patch: int | None = None, overlap: float | 
     elif batch_size < 1:
         raise RegNetError(f"batch_size must be >= 1, got {batch_size}.")
     return TilePlan(tuple(axes), margin, int(batch_size), blend)
+
+
+def _stride(tile: int, overlap: float, unit: int) -> int:
+    return max(unit, ((tile - math.ceil(overlap)) // unit) * unit)
 
 
 def window(n: int, blend: str, single: bool) -> np.ndarray:
