@@ -30,6 +30,9 @@ class AffineOptions:
     seed: int = 17
     strategy: str = "REGULAR"
     mask_margin_mm: float = 10.0
+    #: Images finer than this (mm) are registered on an anti-aliased copy at this spacing: the finest
+    #: level needs no more, and each level's smoothing then runs on a fraction of the voxels.
+    working_mm: float = 2.0
 
 
 def _float(image: sitk.Image) -> sitk.Image:
@@ -48,6 +51,18 @@ def _mask(mask, image: sitk.Image, name: str):
     if not same:  # masks of another grid: nearest-neighbour onto the image's grid (physical space)
         mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return mask
+
+
+def _working(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    if min(image.GetSpacing()) >= spacing_mm:
+        return image
+    from regnet.geometry import Geometry
+    from regnet.io import resample_to_geometry
+
+    g = Geometry.of(image)
+    new = np.maximum(np.asarray(g.spacing), spacing_mm)
+    size = tuple(int(n) for n in np.floor((np.asarray(g.size) - 1) * np.asarray(g.spacing) / new + 1e-6) + 1)
+    return resample_to_geometry(image, Geometry(size, tuple(float(v) for v in new), g.origin, g.direction), "linear")
 
 
 def _dilated(mask, margin_mm: float):
@@ -114,7 +129,7 @@ def affine_register(fixed: sitk.Image, moving: sitk.Image, fixed_mask=None, movi
     for image, name in ((fixed, "fixed"), (moving, "moving")):
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
             raise RegNetError(f"The {name} image must be a 3D scalar image for the affine step.")
-    fixed, moving = _float(fixed), _float(moving)
+    fixed, moving = _working(_float(fixed), options.working_mm), _working(_float(moving), options.working_mm)
     fixed_mask, moving_mask = _mask(fixed_mask, fixed, "fixed"), _mask(moving_mask, moving, "moving")
 
     initial = centre_initialisation(fixed, moving, fixed_mask, moving_mask)

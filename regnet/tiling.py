@@ -125,12 +125,15 @@ def automatic_max_patch(predictor, memory_bytes: int | None = None) -> int:
     return max(1, int((MEMORY_FRACTION * memory / per_voxel) ** (1.0 / 3.0)))
 
 
-def plan_tiles(shape, predictor, max_patch: int | None = None, overlap: float = 0.25,
+def plan_tiles(shape, predictor, max_patch: int | None = None, overlap: float | None = None,
                batch_size: int | None = None, blend: str = "cosine") -> TilePlan:
     """How to cover a (z, y, x) volume: tile side, stride and count per axis, and the batch size.
 
     ``max_patch`` is the largest input side (voxels) per tile; automatic from memory when None.
-    ``overlap`` is a fraction of the tile (< 1) or voxels (>= 1), rounded up to the unit.
+    ``overlap`` is a fraction of the tile (< 1) or voxels (>= 1), rounded up to the unit. Default:
+    two units for a valid network (each tile already sees its full margin of context; the overlap
+    only blends away the small dependence of outputs near a tile edge on what lies beyond it),
+    a quarter of the tile for a full-image network (zero-padded borders are poor; MONAI's default).
     """
     if blend not in BLENDS:
         raise RegNetError(f"Unknown blend {blend!r}; choose one of {', '.join(BLENDS)}.")
@@ -152,9 +155,17 @@ def plan_tiles(shape, predictor, max_patch: int | None = None, overlap: float = 
             axes.append(AxisPlan(n, one, unit, 1, (one - n) // 2))
             continue
         tile = largest
-        lap = overlap * tile if overlap < 1 else overlap
-        stride = max(unit, ((tile - math.ceil(lap)) // unit) * unit)
+        if overlap is None:
+            lap = 2 * unit if margin > 0 else 0.25 * tile
+        else:
+            lap = overlap * tile if overlap < 1 else overlap
+        stride = _stride(tile, lap, unit)
         count = math.ceil((n - tile) / stride) + 1
+        # the smallest tile that still covers the axis with this many tiles: less wasted padding
+        for smaller in range(valid_ceil(math.ceil(n / count), base, unit), tile, unit):
+            if smaller + (count - 1) * _stride(smaller, lap, unit) >= n:
+                tile, stride = smaller, _stride(smaller, lap, unit)
+                break
         covered = tile + (count - 1) * stride
         axes.append(AxisPlan(n, tile, stride, count, (covered - n) // 2))
     plan_input = math.prod(a.tile + 2 * margin for a in axes)
@@ -165,6 +176,10 @@ def plan_tiles(shape, predictor, max_patch: int | None = None, overlap: float = 
     elif batch_size < 1:
         raise RegNetError(f"batch_size must be >= 1, got {batch_size}.")
     return TilePlan(tuple(axes), margin, int(batch_size), blend)
+
+
+def _stride(tile: int, overlap: float, unit: int) -> int:
+    return max(unit, ((tile - math.ceil(overlap)) // unit) * unit)
 
 
 def window(n: int, blend: str, single: bool) -> np.ndarray:
@@ -181,7 +196,7 @@ def window(n: int, blend: str, single: bool) -> np.ndarray:
 
 
 def tiled_predict(moving: np.ndarray, fixed: np.ndarray, predictor, max_patch: int | None = None,
-                  overlap: float = 0.25, batch_size: int | None = None, blend: str = "cosine",
+                  overlap: float | None = None, batch_size: int | None = None, blend: str = "cosine",
                   plan: TilePlan | None = None, progress: bool = False) -> tuple[np.ndarray, TilePlan]:
     """The predictor's DVF for a whole (z, y, x) volume pair: ``(z, y, x, 3)`` float32.
 

@@ -292,8 +292,8 @@ def test_cli_affine_only_on_a_real_ct(tmp_path):
     moved = sitk.Resample(ct, ct, shift, sitk.sitkBSpline, -1024.0, ct.GetPixelID())   # moved(p) = ct(p + t)
     sitk.WriteImage(moved, str(tmp_path / "moving.mha"))
     fixed = str(shared_file("fixtures", "totalseg_example_ct_sm.nii.gz"))
-    assert main(["register", fixed, str(tmp_path / "moving.mha"),
-                 "--model", "none", "--affine", "rigid", "--quiet", "--out", str(tmp_path / "out")]) == 0
+    assert main(["register", fixed, str(tmp_path / "moving.mha"), "--model", "none", "--affine", "rigid", "--quiet",
+                 "--out", str(tmp_path / "out")]) == 0
     found = sitk.ReadTransform(str(tmp_path / "out" / "affine.tfm"))
     # fixed(p) = ct(p) = moved(p - t): the transform must map p to p - t
     centre = ct.TransformContinuousIndexToPhysicalPoint([n / 2 for n in ct.GetSize()])
@@ -343,3 +343,35 @@ def test_bad_input_is_named(tmp_path):
 
 def test_stand_ins_follow_the_protocol():
     assert isinstance(constant_model(1, 0), StageModel)
+
+
+def test_a_saved_keras_network_loads_as_a_stage_model_and_tiles_like_one_big_patch(tmp_path):
+    """A real (untrained, narrow) crop4 saved as .keras with settings.json: its sizes come from the
+    network, and blended tiles starting on its stride give the single-pass answer closely. Not to
+    float tolerance: crop4's outputs near a patch edge depend on input a few voxels beyond its
+    nominal R - Ry margin (measured: changing the last 4 input slices of a 93 patch changes the last
+    7 of its 13 outputs), so tiles differ from one big patch by ~1e-3 of the output range."""
+    import os
+
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    pytest.importorskip("keras")
+    from regnet.networks import build
+    from regnet.tiling import tiled_predict
+
+    net = build("crop4_connection", input_size=None, width=0.125, seed=0)
+    net.save(tmp_path / "model.keras")
+    (tmp_path / "settings.json").write_text(json.dumps({"stage": 2, "NetworkDesign": "crop4_connection"}))
+    model = load_stage_model(tmp_path / "model.keras")
+    assert isinstance(model, StageModel)
+    assert (model.stage, model.radius_in, model.radius_out, model.unit, model.size_base) == (2, 50, 10, 4, 1)
+    rng = np.random.default_rng(0)
+    moving = rng.uniform(-1000, 400, (13, 13, 13)).astype(np.float32)
+    fixed = rng.uniform(-1000, 400, (13, 13, 13)).astype(np.float32)
+    whole, one = tiled_predict(moving, fixed, model, max_patch=93)
+    tiled, plan = tiled_predict(moving, fixed, model, max_patch=89, batch_size=4)
+    assert one.count == 1 and plan.count == 8 and plan.input_shape == (89, 89, 89)
+    assert np.abs(whole).max() > 1e-3
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-2 * np.abs(whole).max())
+    (tmp_path / "settings.json").write_text(json.dumps({"stage": 3}))
+    with pytest.raises(RegNetError, match="'stage' is 3; expected one of \\(1, 2, 4\\)"):
+        load_stage_model(tmp_path / "model.keras")

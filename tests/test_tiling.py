@@ -56,7 +56,8 @@ def test_tiles_equal_one_big_patch(blend):
     net = ConvNet()
     moving, fixed = smooth_pair((37, 45, 29))
     out, plan = tiled_predict(moving, fixed, net, max_patch=23, blend=blend, batch_size=5)
-    assert [a.count for a in plan.axes] == [3, 4, 2] and plan.input_shape == (23, 23, 23)
+    assert [a.count for a in plan.axes] == [4, 5, 3] and plan.input_shape == (23, 23, 23)
+    assert all(a.stride == 8 for a in plan.axes)  # default overlap of a valid network: >= two units (9)
     assert max(s[0] for s in net.calls) == 5 and all(s[1:4] == (23, 23, 23) for s in net.calls)
     ref = net.whole(moving, fixed)
     assert out.shape == (37, 45, 29, 3) and out.dtype == np.float32
