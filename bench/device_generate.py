@@ -60,21 +60,21 @@ def prepare(path: Path, out: Path) -> Path:
 
 
 def load_volume(path: Path, spacing):
-    """(image HU float32, torso, lung, edges or None, Grid) from a prepared .npz or a plain .npy."""
+    """(image HU float32, torso, lung, edges or None, Geometry) from a prepared .npz or a plain .npy."""
     from scipy import ndimage
 
-    from regnet.deform.device_grid import Grid
+    from regnet.geometry import Geometry
 
     if path.suffix == ".npz":
         d = np.load(path)
-        grid = Grid(tuple(int(n) for n in d["image"].shape[::-1]), tuple(map(float, d["spacing"])),
+        grid = Geometry(tuple(int(n) for n in d["image"].shape[::-1]), tuple(map(float, d["spacing"])),
                     tuple(map(float, d["origin"])), tuple(map(float, d["direction"])))
         return d["image"].astype(np.float32), d["torso"], d["lung"], d["edges"], grid
     image = np.load(path).astype(np.float32)
     body = np.stack([ndimage.binary_fill_holes(s) for s in image > -500])  # axial slices: lungs are holes
     torso = ndimage.binary_opening(body, iterations=2)
     lung = ndimage.binary_opening((image < -400) & ndimage.binary_erosion(torso, iterations=5), iterations=2)
-    return image, torso, lung, None, Grid(tuple(int(n) for n in image.shape[::-1]), tuple(spacing))
+    return image, torso, lung, None, Geometry(tuple(int(n) for n in image.shape[::-1]), tuple(spacing))
 
 
 def sync(x):

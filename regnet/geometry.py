@@ -7,11 +7,14 @@ are never silently dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
 from regnet import RegNetError
+
+if TYPE_CHECKING:  # only method calls on images here: the device path imports this without SimpleITK
+    import SimpleITK as sitk
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,7 @@ class Geometry:
 
     size: tuple[int, int, int]
     spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
     @classmethod
@@ -62,6 +65,19 @@ class Geometry:
                 and np.allclose(self.spacing, other.spacing, atol=tol, rtol=0)
                 and np.allclose(self.origin, other.origin, atol=tol * 10, rtol=0)
                 and np.allclose(self.direction, other.direction, atol=tol, rtol=0))
+
+
+def world_coordinate(geometry: Geometry, axis: int) -> np.ndarray:
+    """Physical coordinate ``axis`` (0=x, 1=y, 2=z) of every voxel as a broadcastable float32 array:
+    only the index axes it depends on are materialised ((Z, 1, 1) for an axial volume's z)."""
+    d, s, o = geometry.matrix, geometry.spacing, geometry.origin
+    nx, ny, nz = (int(n) for n in geometry.size)
+    shapes = ((1, 1, nx), (1, ny, 1), (nz, 1, 1))
+    out = np.full((1, 1, 1), o[axis], np.float32)
+    for k, (n, shape) in enumerate(zip((nx, ny, nz), shapes)):
+        if d[axis, k] != 0:
+            out = out + (np.float32(d[axis, k] * s[k]) * np.arange(n, dtype=np.float32)).reshape(shape)
+    return out
 
 
 def require_same_geometry(a: sitk.Image, b: sitk.Image, what: str = "images") -> None:

@@ -12,7 +12,7 @@ from keras import ops
 from scipy import ndimage
 
 from regnet import RegNetError
-from regnet.deform import bspline, device, device_field, device_grid
+from regnet.deform import bspline, device, device_field
 from regnet.deform.augment import next_image as numpy_next_image
 from regnet.deform.augment import noise as numpy_noise
 from regnet.deform.augment import sponge as numpy_sponge
@@ -52,17 +52,10 @@ def numpy_field(method, number, key, image, torso, lung, **extra):
 # ---------------------------------------------------------------- B-spline step
 @pytest.mark.parametrize("size", [(10, 12, 7), (37, 29, 23), (1, 5, 3)])
 def test_transform_domain_is_simpleitks(size):
-    origin, length = device_grid.transform_domain(size)
+    origin, length = bspline.transform_domain(size)
     tx = sitk.BSplineTransformInitializer(sitk.Image(list(size), sitk.sitkUInt8), [1, 1, 1], 3)
     np.testing.assert_allclose(origin, tx.GetTransformDomainOrigin(), atol=1e-12)
     np.testing.assert_allclose(length, tx.GetTransformDomainPhysicalDimensions(), atol=1e-12)
-
-
-def test_coefficient_draws_are_the_numpy_generators():
-    g = Geometry((40, 30, 20), (1.5, 1.5, 2.0), (0.0, 0.0, 0.0))
-    ours = device_grid.random_coefficients(g, (15, 15, 20), 3.0, 1, 0.8, np.random.default_rng(4))
-    theirs = bspline.random_coefficients(g, (15, 15, 20), 3.0, 1, 0.8, np.random.default_rng(4))
-    np.testing.assert_array_equal(ours, theirs)
 
 
 def test_dense_field_matches_simpleitk_bspline_transform():
@@ -305,7 +298,7 @@ def test_errors_name_the_problem(phantom):
     with pytest.raises(RegNetError, match="must be on the grid"):
         device_field.warp(array[None, :5], np.zeros((1,) + g.shape + (3,), np.float32), g)
     with pytest.raises(RegNetError, match="Unknown coefficient normalisation 'both'"):
-        device_grid.normalize_coefficients(np.ones(3), 1.0, "both")
+        bspline.normalize_coefficients(np.ones(3), 1.0, "both")
 
 
 # ---------------------------------------------------------------- JAX backend
@@ -314,9 +307,9 @@ import sys
 import numpy as np
 from keras import ops
 from regnet.deform import device, device_field
-from regnet.deform.device_grid import Grid
+from regnet.geometry import Geometry
 from regnet.settings import load_deform_exp
-g = Grid((20, 18, 16), (2.0, 2.0, 2.0))
+g = Geometry((20, 18, 16), (2.0, 2.0, 2.0))
 data = np.load(sys.argv[1])
 u = ops.convert_to_numpy(device_field.dense_field(data["coeffs"][None], g))[0]
 w = ops.convert_to_numpy(device_field.warp(data["image"][None], u[None], g, "cubic", -1024.0))[0]

@@ -15,20 +15,27 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
+from regnet import RegNetError
 from regnet.geometry import Geometry
 
 
-def _basis_matrix(n_voxels: int, n_cells: int, domain_origin: float, domain_length: float) -> np.ndarray:
-    """(n_voxels, n_cells + 3) weights of the cubic B-spline coefficients at each voxel centre."""
+def basis_taps(n_voxels: int, n_cells: int, domain_origin: float, domain_length: float):
+    """First coefficient index (n_voxels,) and its four cubic B-spline weights (n_voxels, 4), float64,
+    at every voxel centre (4 non-zeros per row of the basis matrix)."""
     cell = domain_length / n_cells
     t = (np.arange(n_voxels) - domain_origin) / cell   # position in cells from the domain start
     first = np.clip(np.floor(t).astype(int), 0, n_cells - 1)
     f = t - first
     weights = np.stack([(1 - f) ** 3 / 6, (3 * f ** 3 - 6 * f ** 2 + 4) / 6,
                         (-3 * f ** 3 + 3 * f ** 2 + 3 * f + 1) / 6, f ** 3 / 6], axis=1)
+    return first, weights
+
+
+def _basis_matrix(n_voxels: int, n_cells: int, domain_origin: float, domain_length: float) -> np.ndarray:
+    """(n_voxels, n_cells + 3) weights of the cubic B-spline coefficients at each voxel centre."""
+    first, weights = basis_taps(n_voxels, n_cells, domain_origin, domain_length)
     matrix = np.zeros((n_voxels, n_cells + 3))
     rows = np.arange(n_voxels)
     for k in range(4):
@@ -37,12 +44,12 @@ def _basis_matrix(n_voxels: int, n_cells: int, domain_origin: float, domain_leng
 
 
 def transform_domain(size) -> tuple[np.ndarray, np.ndarray]:
-    """Origin and length (index units) of the B-spline domain RegNet used: what SimpleITK's
-    ``BSplineTransformInitializer`` sets on a spacing-1, origin-0 image of this size (the
-    voxel box, padded slightly by ITK)."""
-    dummy = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
-    tx = sitk.BSplineTransformInitializer(dummy, [1, 1, 1], 3)
-    return np.asarray(tx.GetTransformDomainOrigin()), np.asarray(tx.GetTransformDomainPhysicalDimensions())
+    """Origin and length (index units, x y z) of the B-spline domain RegNet used: what SimpleITK's
+    ``BSplineTransformInitializer`` sets on a spacing-1, origin-0 image, the voxel box
+    [-0.5, N - 0.5] padded by 1/8 voxel per side (closed form, tested against SimpleITK, so the
+    device path needs no SimpleITK)."""
+    size = np.asarray([int(n) for n in size], float)
+    return np.full(3, -0.625), size + 0.25
 
 
 def grid_cells(geometry: Geometry, grid_spacing_mm) -> tuple[int, int, int]:
@@ -95,7 +102,7 @@ def normalize_coefficients(coeffs: np.ndarray, max_deform: float, mode: str) -> 
         if peak < max_deform:
             return coeffs * (max_deform / peak)
         return coeffs
-    raise ValueError(mode)
+    raise RegNetError(f"Unknown coefficient normalisation {mode!r}; choose 'single' or 'mixed'.")
 
 
 def dense_field(coeffs: np.ndarray, geometry: Geometry) -> np.ndarray:

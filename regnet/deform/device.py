@@ -40,9 +40,8 @@ from regnet.deform.device_field import (
 )
 from regnet.deform.device_grid import (
     draw_bspline_coefficients,
-    shape_of,
-    world_coordinate,
 )
+from regnet.geometry import world_coordinate
 from regnet.seeding import rng_for
 
 
@@ -85,7 +84,7 @@ def _per_sample(values):
 
 # ---------------------------------------------------------------- methods (regnet_spec.md 1.4)
 def zero(geometry, rngs, **_):
-    return ops.zeros((len(rngs),) + shape_of(geometry) + (3,), "float32")
+    return ops.zeros((len(rngs),) + tuple(geometry.shape) + (3,), "float32")
 
 
 def translation(geometry, exp, number: int, rngs, **_):
@@ -93,7 +92,7 @@ def translation(geometry, exp, number: int, rngs, **_):
     m = exp.MaxDeform * exp.Translation_MaxDeformRatio[number]
     shifts = np.stack([np.where(rng.random(3) < exp.Translation_ZeroProbability, 0.0, rng.uniform(-m, m, 3))
                        for rng in rngs]).astype(np.float32)
-    return ops.zeros((len(rngs),) + shape_of(geometry) + (3,), "float32") + ops.reshape(shifts, (-1, 1, 1, 1, 3))
+    return ops.zeros((len(rngs),) + tuple(geometry.shape) + (3,), "float32") + ops.reshape(shifts, (-1, 1, 1, 1, 3))
 
 
 def single_frequency(geometry, exp, number: int, rngs, torso=None, lung=None, stage=None, **_):

@@ -29,7 +29,6 @@ from regnet.deform.device_grid import (
     gaussian_taps,
     index_per_mm,
     mirror_index,
-    shape_of,
     transform_domain,
 )
 
@@ -128,7 +127,7 @@ def _sample_indices(dvf, geometry):
     """Continuous (x, y, z) indices of p + u(p) for every voxel, and the inside-buffer mask
     (ITK: -0.5 <= index < n - 0.5 on every axis)."""
     a = index_per_mm(geometry)
-    z, y, x = shape_of(geometry)
+    z, y, x = tuple(geometry.shape)
     grids = (ops.reshape(ops.arange(x, dtype="float32"), (1, 1, 1, x)),
              ops.reshape(ops.arange(y, dtype="float32"), (1, 1, y, 1)),
              ops.reshape(ops.arange(z, dtype="float32"), (1, z, 1, 1)))
@@ -216,7 +215,7 @@ def warp(images, dvf, geometry, interpolation: str = "linear", default: float = 
     :func:`bspline_prefilter` to reuse them) or 'nearest' (ITK rounds half up). Points
     outside the image get ``default``.
     """
-    shape = shape_of(geometry)
+    shape = tuple(geometry.shape)
     images = as_float(images)
     if tuple(images.shape[1:]) != shape or tuple(dvf.shape[1:4]) != shape:
         raise RegNetError(f"warp: images {tuple(images.shape)} and DVF {tuple(dvf.shape)} must be on the "

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from regnet import RegNetError
 from regnet.deform.bspline import random_bspline_field
-from regnet.geometry import Geometry
+from regnet.geometry import Geometry, world_coordinate
 from regnet.settings import METHODS, DeformExp
 from regnet.timing import step
 
@@ -90,19 +90,6 @@ def single_frequency(geometry: Geometry, exp: DeformExp, number: int, rng, torso
     return normalize_max(dvf, m) if exp.DVFNormalization else dvf
 
 
-def _world_coordinate(geometry: Geometry, axis: int) -> np.ndarray:
-    """Physical coordinate ``axis`` (0=x, 1=y, 2=z) of every voxel as a broadcastable array:
-    only the index axes it depends on are materialised ((Z, 1, 1) for an axial volume's z)."""
-    d, s, o = geometry.matrix, geometry.spacing, geometry.origin
-    nx, ny, nz = geometry.size
-    shapes = ((1, 1, nx), (1, ny, 1), (nz, 1, 1))
-    out = np.full((1, 1, 1), o[axis], np.float32)
-    for k, (n, shape) in enumerate(zip((nx, ny, nz), shapes)):
-        if d[axis, k] != 0:
-            out = out + (np.float32(d[axis, k] * s[k]) * np.arange(n, dtype=np.float32)).reshape(shape)
-    return out
-
-
 def respiratory_motion(geometry: Geometry, exp: DeformExp, number: int, rng, torso=None,
                        lung=None) -> np.ndarray:
     """Diaphragm-driven motion after Hub et al. (2009), in physical coordinates.
@@ -139,7 +126,7 @@ def _respiratory_profile(geometry: Geometry, exp: DeformExp, rng, lung: np.ndarr
     t0 = rng.uniform(*exp.RespiratoryMotion_t0Range) * exp.RespiratoryMotion_t0
     s0 = rng.uniform(*exp.RespiratoryMotion_s0Range) * exp.RespiratoryMotion_s0
     delta = rng.uniform(*exp.RespiratoryMotion_DeltaRange)
-    wz, wy = _world_coordinate(geometry, 2), _world_coordinate(geometry, 1)
+    wz, wy = world_coordinate(geometry, 2), world_coordinate(geometry, 1)
     z_lung = np.broadcast_to(wz, geometry.shape)[lung]
     z_d, z_top = float(z_lung.min()), float(z_lung.max())
     e = max((z_top - z_d) / 2.0, 1e-3)
