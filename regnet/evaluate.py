@@ -16,7 +16,6 @@ that offset, so a smooth field gives std(log J) as the name says.
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -26,8 +25,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from regnet import RegNetError, __version__
+from regnet.deform.field import jacobian_determinant, magnitude_class_edges
 from regnet.geometry import Geometry, require_same_geometry
-from regnet.io import check_image
+from regnet.io import check_image, read_image
 
 CLI_HELP = "landmark TRE, Jacobian (folding, SDlogJ) and DVF error of a registration; figures and report.html"
 
@@ -41,7 +41,6 @@ OUTSIDE = ("error", "exclude")
 def load_dvf(dvf, name: str = "DVF") -> sitk.Image:
     """A DVF image (path or sitk.Image) checked for 3 components and finite values."""
     if not isinstance(dvf, sitk.Image):
-        from regnet.io import read_image
 
         return read_image(Path(dvf), vector=True)  # 3 components and finite values checked on reading
     check_image(dvf, name, vector=True)
@@ -61,7 +60,6 @@ def mask_array(mask, dvf: sitk.Image, name: str = "mask") -> np.ndarray:
     """A boolean (z, y, x) mask on the DVF's grid; refuses other grids and empty masks."""
     g = Geometry.of(dvf)
     if isinstance(mask, (str, Path)):
-        from regnet.io import read_image
 
         name = str(mask)
         mask = read_image(mask)
@@ -201,7 +199,6 @@ def per_axis(vectors) -> dict:
 
 def jacobian_stats(dvf: sitk.Image, mask=None, jacobian: np.ndarray | None = None) -> dict:
     """Folding (% of voxels with J <= 0), SDlogJ (Learn2Reg clip), min, max, mean of J in the mask."""
-    from regnet.deform.field import jacobian_determinant
 
     jac = jacobian_determinant(dvf) if jacobian is None else jacobian
     inside = np.ones(jac.shape, bool) if mask is None else mask_array(mask, dvf)
@@ -227,15 +224,6 @@ def inverse_consistency(forward: sitk.Image, backward: sitk.Image, mask=None) ->
     out = summary(residual)
     out["outside_inverse_grid"] = int(np.sum(~np.isfinite(residual)))
     return out
-
-
-def magnitude_classes(thresholds) -> list[tuple[float, float]]:
-    """[0, t0), [t0, t1), ..., [t_last, inf): classes of |u_truth| from ClassBalanced thresholds (mm)."""
-    t = [float(x) for x in thresholds]
-    if any(b <= a for a, b in itertools.pairwise(t)) or any(x <= 0 for x in t):
-        raise RegNetError(f"Magnitude class thresholds must be positive and increasing (mm), got {t}.")
-    edges = [0.0, *t, float("inf")]
-    return list(itertools.pairwise(edges))
 
 
 def dvf_error(pred, truth, mask=None, classes=None) -> dict:
@@ -275,7 +263,7 @@ def dvf_error(pred, truth, mask=None, classes=None) -> dict:
     if classes is not None:
         size = np.sqrt(np.einsum("ij,ij->i", tt, tt, dtype=np.float64))
         out["classes"] = []
-        for lo, hi in magnitude_classes(classes):
+        for lo, hi in magnitude_class_edges(classes):  # the classes the reader balances
             sel = (size >= lo) & (size < hi)
             out["classes"].append({"truth_mm": [lo, None if np.isinf(hi) else hi], **summary(epe[sel])})
     return out
@@ -302,7 +290,6 @@ def evaluate(dvf, fixed_mm, moving_mm, *, mask=None, truth=None, inverse=None, c
              sampling: str = "linear", outside: str = "error",
              names=("fixed landmarks", "moving landmarks")) -> tuple[dict, LandmarkErrors, np.ndarray]:
     """All metrics of one registration: (metrics dict, per-landmark errors, Jacobian map)."""
-    from regnet.deform.field import jacobian_determinant
 
     timings = {}
     t0 = time.perf_counter()
@@ -380,7 +367,8 @@ def add_arguments(p) -> None:
     p.add_argument("--truth", type=Path, help="the true DVF (synthetic pairs): end-point error per magnitude class")
     p.add_argument("--inverse", type=Path, help="the DVF of the opposite direction: inverse consistency")
     p.add_argument("--classes", type=str, default=None,
-                   help="magnitude class thresholds in mm, e.g. 1.5,4,15 (default: ClassBalanced of --deform-exp)")
+                   help="ClassBalanced thresholds in mm, e.g. 1.5,4,15: classes |u| < 1.5, [1.5, 4), >= 4 as the "
+                        "reader's (default: ClassBalanced of --deform-exp)")
     p.add_argument("--deform-exp", default="3D_max7_D14_K", help="deform experiment whose ClassBalanced to use")
     p.add_argument("--layout", help="data layout giving the geometry/format of index landmark files (DIR-Lab)")
     p.add_argument("--case", help="case of --layout (e.g. 1)")

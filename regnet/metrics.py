@@ -4,8 +4,12 @@ Written with ``keras.ops`` only, so they run on every Keras backend.
 """
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
+
+from regnet.deform.field import magnitude_class_edges
 
 PACKAGE = "regnet"
 
@@ -43,7 +47,7 @@ class EndPointError(keras.metrics.Metric):
 
 
 def class_metrics(thresholds) -> list[EndPointError]:
-    """EPE overall, then one per ClassBalanced class (names epe, epe_c0, epe_c1, ...)."""
-    edges = [0.0, *thresholds[:-1], None]
-    return [EndPointError(name="epe")] + [EndPointError(lo, hi, name=f"epe_c{k}")
-                                          for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]
+    """EPE overall, then one per class of :func:`regnet.deform.field.magnitude_class_edges`
+    (names epe, epe_c0, epe_c1, ...): the classes the reader balances."""
+    return [EndPointError(name="epe")] + [EndPointError(lo, None if math.isinf(hi) else hi, name=f"epe_c{k}")
+                                          for k, (lo, hi) in enumerate(magnitude_class_edges(thresholds))]

@@ -58,7 +58,9 @@ class StageModel(Protocol):
     * ``unit``: the resize unit (4 for crop4/decimation4, 8 for unet1);
     * ``pad_value``: the background the network saw in training (-2048);
     * ``predict(x)``: ``x`` float32 ``(B, Z, Y, X, 2)`` channels [moving, fixed] in HU (the model
-      applies its own intensity handling) -> ``(B, z, y, x, 3)`` DVF in mm, components (x, y, z).
+      applies its own intensity handling) -> ``(B, z, y, x, 3)`` DVF in mm with components along the
+      grid's index axes (x, y, z), as the patch reader trains them (``D^T u``; the physical
+      components for an identity direction). :func:`register` turns them physical.
 
     Optional: ``bytes_per_voxel`` (memory per input voxel, for automatic tile sizes), ``name``.
     """
@@ -455,7 +457,7 @@ def register(fixed, moving, models=None, fixed_mask=None, moving_mask=None, affi
     computed with :mod:`regnet.masks` when needed and not given.
     """
     from regnet.affine import affine_register
-    from regnet.deform.field import warp
+    from regnet.deform.field import from_grid_axes, warp
     from regnet.io import (
         dvf_to_image,
         isotropic_geometry,
@@ -510,6 +512,7 @@ def register(fixed, moving, models=None, fixed_mask=None, moving_mask=None, affi
             del so_far, moving_smooth
         with clock(f"{name}.predict"):
             v, plan = tiled_predict(m_arr, f_arr, model, max_patch=max_patch, blend=blend, progress=progress)
+            v = from_grid_axes(v, grid)  # the network's index-axis components -> physical (x, y, z)
         with clock(f"{name}.compose"):
             v_image = dvf_to_image(v, grid)
             u = v_image if u_s is None else compose_fields(u_s, v_image)

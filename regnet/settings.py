@@ -176,6 +176,15 @@ class Settings:
         values = dataclasses.asdict(self)
         return {f.metadata.get("key", f.name): values[f.name] for f in dataclasses.fields(self)}
 
+    def class_balanced(self) -> list[float]:
+        """The ClassBalanced thresholds (mm) of this run: the reader balances, and the validation
+        reports, one set of magnitude classes, so every deform experiment used must agree."""
+        found = {tuple(exp.class_balanced()) for exp in self.deform_exps.values()}
+        if len(found) > 1:
+            raise RegNetError(f"The deform experiments {sorted(self.deform_exps)} have different ClassBalanced "
+                              f"thresholds {sorted(found)}; set the same ClassBalanced in each.")
+        return list(found.pop())
+
     def patch_radii(self) -> tuple[int, int]:
         """(R, Ry): the settings' values, else the paper's for NetworkDesign. R == Ry means a
         full-image network (unet1): whole images padded to 2R+1 per axis."""

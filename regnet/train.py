@@ -14,11 +14,9 @@ optimiser state travels in the checkpoint: k steps, resume, k steps gives the we
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -115,9 +113,12 @@ class Trainer:
         if out_size != 2 * ry + 1:
             raise RegNetError(f"{name} maps an input of {2 * r + 1} voxels to {out_size}, but Ry = {ry} asks for "
                               f"{2 * ry + 1}; set Ry = {(out_size - 1) // 2}.")
-        # initial weights from the stable seed hash, as every other draw: the same settings train the same model
+        # initial weights and the training input noise from the stable seed hash, as every other draw:
+        # the same settings train the same model, and a resumed run draws the same noise
         self.keras.utils.set_random_seed(seed_for("network initialisation", name, self.settings.stage) % 2**31)
-        model = networks.build(name, input_size=2 * r + 1, **self.settings.NetworkOptions)
+        options = {"seed": seed_for("network input noise", name, self.settings.stage) % 2**31,
+                   **self.settings.NetworkOptions}
+        model = networks.build(name, input_size=2 * r + 1, **options)
         self.compile(model)
         return model
 
@@ -137,11 +138,7 @@ class Trainer:
                                                                run.LearningRate_Decay, staircase=True)
         loss = losses.build("regnet", delta=run.HuberDelta, bending_weight=run.reg_weight, spacing=(stage,) * 3)
         model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss,
-                      metrics=class_metrics(self._thresholds()), jit_compile=self.settings.JitCompile)
-
-    def _thresholds(self) -> list[float]:
-        exps = {e.deform_exp for e in self.settings.DataExpDict}
-        return self.settings.deform_exps[sorted(exps)[0]].class_balanced()
+                      metrics=class_metrics(self.settings.class_balanced()), jit_compile=self.settings.JitCompile)
 
     def load_checkpoint(self):
         from regnet import networks
@@ -233,14 +230,9 @@ def train_command(args) -> int:
     if args.generate:
         from regnet.generate import run as generate
 
-        generate(dataclasses.replace(settings), jobs=settings.Jobs)
+        generate(settings, jobs=settings.Jobs)
     summary = train(settings, args.out, max_steps=args.steps, force=args.force)
     best = summary.get("best_val_epe")
     print(f"trained to step {summary['steps']} in {summary['seconds']:.0f} s; best model {summary['out']}/model.keras"
           + (f" (validation end-point error {best:.3f} mm)" if best is not None and math.isfinite(best) else ""))
     return 0
-
-
-def clean(out: Path) -> None:
-    """Remove a training folder (tests and demos)."""
-    shutil.rmtree(out, ignore_errors=True)

@@ -15,6 +15,7 @@ from scipy.stats import wilcoxon
 
 from regnet import RegNetError
 from regnet.cli import main
+from regnet.deform.field import magnitude_class_edges
 from regnet.evaluate import (
     dvf_error,
     evaluate,
@@ -22,7 +23,6 @@ from regnet.evaluate import (
     jacobian_stats,
     landmark_errors,
     load_dvf,
-    magnitude_classes,
     sample_dvf,
     wilcoxon_p,
 )
@@ -214,13 +214,13 @@ def test_dvf_error_per_magnitude_class_by_hand():
     assert out["n"] == 10 * n_row
     assert out["max"] == pytest.approx(1.3, abs=1e-6)
     assert out["mean"] == pytest.approx((8 * 0.5 + 2 * 1.3) / 10, abs=1e-6)
-    low, mid, high = out["classes"]
-    assert (low["truth_mm"], mid["truth_mm"], high["truth_mm"]) == ([0, 2], [2, 7], [7, None])
-    assert (low["n"], mid["n"], high["n"]) == (2 * n_row, 5 * n_row, 3 * n_row)
-    assert high["mean"] == pytest.approx((0.5 + 1.3 + 1.3) / 3, abs=1e-6)
+    low, high = out["classes"]  # RegNet's [2, 7]: |u| < 2 and |u| >= 2 (7 = MaxDeform, the top)
+    assert (low["truth_mm"], high["truth_mm"]) == ([0, 2], [2, None])
+    assert (low["n"], high["n"]) == (2 * n_row, 8 * n_row)
+    assert high["mean"] == pytest.approx((6 * 0.5 + 2 * 1.3) / 8, abs=1e-6)
     # arrays work the same
     assert dvf_error(pred, truth, mask, [2, 7]) == out
-    assert magnitude_classes([1.5, 8, 20]) == [(0, 1.5), (1.5, 8), (8, 20), (20, float("inf"))]
+    assert magnitude_class_edges([1.5, 8, 20]) == [(0, 1.5), (1.5, 8), (8, float("inf"))]
 
 
 # ------------------------------------------------------------------ Wilcoxon
@@ -264,7 +264,7 @@ def test_bad_input_gets_clear_errors(tmp_path, rotated):
     with pytest.raises(RegNetError, match="mask is empty"):
         jacobian_stats(dvf, np.zeros(rotated.shape, np.uint8))
     with pytest.raises(RegNetError, match="must be positive and increasing"):
-        magnitude_classes([7, 2])
+        magnitude_class_edges([7, 2])
 
 
 # ------------------------------------------------------------------ command line
@@ -306,7 +306,7 @@ def test_cli_evaluate_and_compare_end_to_end(tmp_path, capsys):
     assert metrics["tre_mm"]["mean"] == pytest.approx(expected.mean(), abs=1e-5)
     assert metrics["initial_mm"]["mean"] == pytest.approx(landmark_distances(fixed, moving).mean(), abs=1e-5)
     assert metrics["jacobian"]["folding_percent"] == 0.0 and metrics["jacobian"]["sdlogj"] == pytest.approx(0, abs=1e-6)
-    assert metrics["dvf_error_mm"]["max"] == 0.0 and len(metrics["dvf_error_mm"]["classes"]) == 3
+    assert metrics["dvf_error_mm"]["max"] == 0.0 and len(metrics["dvf_error_mm"]["classes"]) == 2
     with open(out_a / "landmarks.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 12 and float(rows[0]["tre_mm"]) == pytest.approx(expected[0], abs=1e-5)

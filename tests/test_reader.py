@@ -9,10 +9,10 @@ import SimpleITK as sitk
 from scipy.ndimage import map_coordinates
 
 from regnet import RegNetError
+from regnet.deform.field import from_grid_axes, to_grid_axes
 from regnet.generate import run
 from regnet.geometry import Geometry
 from regnet.reading import PatchReader
-from regnet.reading.pairs import dvf_in_grid_axes
 from regnet.reading.patches import orient_dvf, orient_image
 from regnet.reading.sampling import ClassBalanceWarning, class_quota
 from regnet.settings import load_settings
@@ -180,10 +180,11 @@ def test_dvf_components_follow_the_grid_axes_for_a_rotated_direction(rotated_ima
     """Index displacement = D^T u / spacing, checked through SimpleITK's physical -> index map."""
     g = Geometry.of(rotated_image)
     u = np.array([[[[2.0, -1.0, 3.0]]]], dtype=np.float32)
-    along_axes = dvf_in_grid_axes(u, g)[0, 0, 0]
+    along_axes = to_grid_axes(u, g)[0, 0, 0]
     p = np.array(rotated_image.TransformIndexToPhysicalPoint((3, 4, 5)))
     q = np.array(rotated_image.TransformPhysicalPointToContinuousIndex(tuple(p + u[0, 0, 0])))
     np.testing.assert_allclose(along_axes / np.array(g.spacing), q - (3, 4, 5), atol=1e-5)
+    np.testing.assert_allclose(from_grid_axes(to_grid_axes(u, g), g), u, atol=1e-6)  # what register does
 
 
 def test_class_quota_water_fills():

@@ -96,12 +96,16 @@ def test_fold_on_its_own_matches_transform_point():
     np.testing.assert_allclose(dvf.reshape(-1, 3), np.array([a.TransformPoint(tuple(q)) for q in p]) - p, atol=1e-4)
 
 
-def constant_model(stage, c, radius_in=6, radius_out=2, unit=4, calls=None):
+def constant_model(stage, c, radius_in=6, radius_out=2, unit=4, calls=None, grid=None):
+    """Answers the physical displacement ``c`` everywhere, as a network does: along the axes of the
+    stage grid (``D^T c``; every stage grid has the fixed image's direction, ``grid``)."""
+
     def predict(x):
         if calls is not None:
             calls.append((stage, x.shape))
         n = [s - 2 * (radius_in - radius_out) for s in x.shape[1:4]]
-        return np.broadcast_to(np.asarray(c, np.float32), (x.shape[0], *n, 3)).copy()
+        along_axes = np.asarray(c, float) @ (np.eye(3) if grid is None else grid.matrix)
+        return np.broadcast_to(along_axes.astype(np.float32), (x.shape[0], *n, 3)).copy()
 
     return FunctionStageModel(stage, radius_in, radius_out, predict, unit=unit, name=f"constant{stage}")
 
@@ -117,7 +121,7 @@ def test_multi_stage_constant_residuals_with_affine_round_trip_through_files(tmp
     reproduce warped_moving.mha (rotated, anisotropic fixed grid; moving on another grid)."""
     c = {4: (1.5, -2.0, 0.5), 2: (-0.4, 0.3, 0.8), 1: (0.1, 0.2, -0.3)}
     calls = []
-    models = [constant_model(s, c[s], calls=calls) for s in (1, 4, 2)]   # any order
+    models = [constant_model(s, c[s], calls=calls, grid=FIXED) for s in (1, 4, 2)]   # any order
     fixed, moving = smooth_image(FIXED, 5), smooth_image(MOVING, 6)
     a = known_affine((0.0, 0.0, 0.0))
     fm, mm = full_masks()
@@ -161,7 +165,7 @@ def test_multi_stage_recovers_a_smooth_field_from_stand_ins_that_see_only_the_im
 
         def predict(x):
             diff = x[:, m:-m, m:-m, m:-m, 1] - x[:, m:-m, m:-m, m:-m, 0]
-            return diff[..., None] * d.astype(np.float32)
+            return diff[..., None] * (d @ FIXED.matrix).astype(np.float32)  # along the grid's axes
 
         return FunctionStageModel(stage, radius_in, radius_out, predict, unit=4)
 
@@ -261,7 +265,7 @@ def test_cli_register_and_atomic_output(tmp_path, monkeypatch):
     fm, mm = full_masks()
     sitk.WriteImage(fm, str(tmp_path / "fm.mha"))
     sitk.WriteImage(mm, str(tmp_path / "mm.mha"))
-    monkeypatch.setattr(reg, "load_stage_model", lambda p: constant_model(int(str(p)[1]), (0.0, 0.0, 0.7)))
+    monkeypatch.setattr(reg, "load_stage_model", lambda p: constant_model(int(str(p)[1]), (0.0, 0.0, 0.7), grid=FIXED))
     args = ["register", str(tmp_path / "f.mha"), str(tmp_path / "m.mha"), "--model", "s4.keras", "s2.keras",
             "--fixed-mask", str(tmp_path / "fm.mha"), "--moving-mask", str(tmp_path / "mm.mha"),
             "--affine", "none", "--stages", "4", "2", "--max-patch", "20", "--quiet", "--out", str(tmp_path / "out")]

@@ -16,7 +16,7 @@ BASE = {
                      "TrainingTypeImList": [0], "TrainingDSmoothList": [0, 4],
                      "ValidationCNList": [1], "ValidationTypeImList": [0], "ValidationDSmoothList": [5]}],
     "stage": 2, "R": 42, "Ry": 2,  # crop4 at its smallest: 85^3 -> 5^3
-    "NetworkOptions": {"width": 0.125, "input_noise": 0.0},
+    "NetworkOptions": {"width": 0.125},  # RegNet's training input noise on: seeded, so resume is exact
     "NetworkTraining": {"NumberOfImagesPerChunk": 2, "SamplesPerImage": 6, "BatchSize": 2,
                         "ValidationEvery": 2, "CheckpointEvery": 2},
     "NetworkValidation": {"NumberOfImagesPerChunk": 1, "SamplesPerImage": 2, "BatchSize": 2},

@@ -154,3 +154,36 @@ def magnitude(dvf) -> np.ndarray:
     """|u| per voxel in mm."""
     u = sitk.GetArrayViewFromImage(dvf) if isinstance(dvf, sitk.Image) else np.asarray(dvf)
     return np.sqrt(np.einsum("...c,...c->...", u, u, dtype=np.float32))
+
+
+def to_grid_axes(dvf: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Physical components (x, y, z) -> components along the grid's own index axes: D^T u (mm).
+
+    Networks see patches on the index grid, so what they learn and predict is displacement along
+    those axes; for an identity direction this is the DVF itself (returned without a copy)."""
+    d = geometry.matrix
+    return dvf if np.allclose(d, np.eye(3)) else (np.asarray(dvf) @ d).astype(np.float32)
+
+
+def from_grid_axes(dvf: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The inverse of :func:`to_grid_axes`: components along the index axes -> physical D v (mm)."""
+    d = geometry.matrix
+    return dvf if np.allclose(d, np.eye(3)) else (np.asarray(dvf) @ d.T).astype(np.float32)
+
+
+def magnitude_class_edges(thresholds) -> list[tuple[float, float]]:
+    """RegNet's classes of |u| from ClassBalanced thresholds [t0, ..., tK] (mm), whose last value is
+    the top of the range (MaxDeform): [0, t0), [t0, t1), ..., [t(K-1), inf). K + 1 thresholds give
+    K + 1 classes as in RegNet; the last one is open above so that fields a little over MaxDeform
+    (respiratory motion reaches 1.2 M) keep their voxels instead of being dropped."""
+    t = [float(x) for x in thresholds]
+    if not t or any(x <= 0 for x in t) or any(b <= a for a, b in zip(t, t[1:])):
+        raise RegNetError(f"Magnitude class thresholds must be positive and increasing (mm), got {t}.")
+    return list(zip([0.0, *t[:-1]], [*t[:-1], float("inf")]))
+
+
+def magnitude_class(dvf, thresholds) -> np.ndarray:
+    """The class (uint8) of every voxel of a (..., 3) DVF under :func:`magnitude_class_edges`."""
+    edges = magnitude_class_edges(thresholds)
+    lows = np.asarray([lo for lo, _ in edges[1:]], np.float32)
+    return np.searchsorted(lows, magnitude(dvf), side="right").astype(np.uint8)

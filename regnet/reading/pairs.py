@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from regnet import RegNetError
+from regnet.deform.field import to_grid_axes
 from regnet.geometry import Geometry
 from regnet.io import read_image
 from regnet.store import PairId, PairStore
@@ -42,17 +43,6 @@ class LoadedPair:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.images, self.dvf, self.torso))
-
-
-def dvf_in_grid_axes(dvf: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Physical (x, y, z) components -> components along the grid's index axes: D^T u.
-
-    Why: the network sees patches on the index grid, so what it can learn is displacement along
-    those axes; for an identity direction this is the file's own DVF, unchanged (no copy)."""
-    d = geometry.matrix
-    if np.allclose(d, np.eye(3)):
-        return dvf
-    return (dvf @ d).astype(np.float32)  # row vector u^T D = (D^T u)^T
 
 
 def _read(path: Path, vector: bool = False) -> sitk.Image:
@@ -95,7 +85,7 @@ def load_pair(store: PairStore, pair: PairId, generate_missing: bool = True) -> 
     if not fixed_torso.any():
         raise RegNetError(f"{files.fixed_torso}: the torso mask is empty, so no patch centre can be drawn in it.")
     pad = float(layout.default_pixel_value)
-    dvf = dvf_in_grid_axes(sitk.GetArrayViewFromImage(dvf_image), geometry)
+    dvf = to_grid_axes(sitk.GetArrayViewFromImage(dvf_image), geometry)
     moving, fixed = _masked(moving_image, moving_torso, pad), _masked(fixed_image, fixed_torso, pad)
     if moving.dtype != fixed.dtype:
         moving, fixed = moving.astype(np.float32), fixed.astype(np.float32)

@@ -37,7 +37,6 @@ _END = object()
 class Chunk:
     """Loaded pairs of one chunk and the centres drawn in them (rows: image, flat index, class)."""
 
-    position: Position
     pairs: list[LoadedPair]
     rows: np.ndarray
 
@@ -71,7 +70,7 @@ class PatchReader:
         if not self.pairs:
             raise RegNetError(f"The settings list no {mode.lower()} pairs: fill DataExpDict's {mode}CNList, "
                               f"{mode}TypeImList and {mode}DSmoothList.")
-        self.thresholds = self._thresholds()
+        self.thresholds = self.settings.class_balanced()
         self.schedule = Schedule(
             n_pairs=len(self.pairs), chunk_size=min(run.NumberOfImagesPerChunk, len(self.pairs)),
             samples_per_image=run.SamplesPerImage, batch_size=self.batch_size, shuffle=mode == "Training",
@@ -87,7 +86,6 @@ class PatchReader:
         self._feeder: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._loader: ThreadPoolExecutor | None = None
-        self._chunks_in_memory = 0
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ public
@@ -163,14 +161,6 @@ class PatchReader:
         return ReaderDataset(self, first)
 
     # ------------------------------------------------------------ internals
-    def _thresholds(self) -> list[float]:
-        names = sorted({p.image.deform_exp for p in self.pairs})
-        found = {tuple(self.settings.deform_exps[n].class_balanced()) for n in names}
-        if len(found) > 1:
-            raise RegNetError(f"The deform experiments {names} of one reader have different ClassBalanced "
-                              f"thresholds {sorted(found)}; set the same ClassBalanced in each.")
-        return list(found.pop())
-
     def _start(self) -> None:
         if self._feeder is not None or self._stop.is_set():
             return
@@ -223,7 +213,7 @@ class PatchReader:
 
     def _load_chunk(self, position: Position, cached: Chunk | None = None) -> Chunk:
         if cached is not None:
-            return Chunk(position, cached.pairs, cached.rows)
+            return cached
         semi_epoch = position.semi_epoch if self.mode == "Training" else 0
         members = [self.pairs[i] for i in self.schedule.chunks(semi_epoch)[position.chunk]]
         loaded = list(self._loader_map(members))
@@ -231,7 +221,7 @@ class PatchReader:
             self.peak_chunk_bytes = max(self.peak_chunk_bytes, sum(p.nbytes for p in loaded))
         rng = rng_for("PatchReader", self.mode, self.settings.stage, "centres", semi_epoch, position.chunk)
         rows = self._draw(loaded, rng, f"semi-epoch {semi_epoch} chunk {position.chunk}: ")
-        return Chunk(position, loaded, rows)
+        return Chunk(loaded, rows)
 
     def _loader_map(self, members: list[PairId]):
         return (load_pair(self.store, p, self.generate_missing) for p in members)

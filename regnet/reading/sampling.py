@@ -1,9 +1,8 @@
 """Class-balanced patch centres: balanced over classes of displacement magnitude, drawn without
 replacement where a class has enough voxels.
 
-Classes follow ``ClassBalanced`` thresholds ``[c0, c1, ..., cK]`` (mm) on the magnitude
-``|u|``: class 0 is ``|u| < c0``, class k is ``c(k-1) <= |u| < ck``, and the last class also
-takes everything above its upper threshold (fields may exceed MaxDeform slightly). RegNet's
+Classes are those of :func:`regnet.deform.field.magnitude_class_edges` on the magnitude |u|
+(the same classes the validation metrics and ``regnet evaluate`` report). RegNet's
 per-component "all components in the class" rule silently dropped every voxel whose components
 fell in different classes; the magnitude rule keeps every voxel.
 """
@@ -14,15 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from regnet.deform.field import magnitude_class
+
 
 class ClassBalanceWarning(UserWarning):
     """A requested magnitude class has too few voxels; its share went to the other classes."""
-
-
-def magnitude_classes(dvf: np.ndarray, thresholds) -> np.ndarray:
-    """The class (uint8) of every voxel from |u| and the ClassBalanced thresholds."""
-    norm = np.sqrt(np.einsum("...c,...c->...", dvf, dvf, dtype=np.float32))
-    return np.searchsorted(np.asarray(thresholds[:-1], np.float32), norm, side="right").astype(np.uint8)
 
 
 def centre_candidates(torso: np.ndarray, margin: int) -> np.ndarray:
@@ -42,7 +37,7 @@ class CandidateIndex:
     @classmethod
     def of(cls, dvf: np.ndarray, torso: np.ndarray, thresholds, margin: int) -> CandidateIndex:
         flat = np.flatnonzero(centre_candidates(torso, margin))
-        labels = magnitude_classes(dvf.reshape(-1, 3)[flat], thresholds)  # only where centres may go
+        labels = magnitude_class(dvf.reshape(-1, 3)[flat], thresholds)  # only where centres may go
         return cls([flat[labels == k] for k in range(len(thresholds))])
 
     @property
