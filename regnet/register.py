@@ -385,22 +385,17 @@ def overlay_png(fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from regnet.figures import orthogonal_views
     from regnet.files import atomic_path
 
     before = sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, float(_background(moving)),
                            sitk.sitkFloat32)
     rows = [("fixed", fixed), ("moving", before), ("warped moving", warped)]
-    rows = [(name, sitk.DICOMOrient(sitk.Cast(im, sitk.sitkFloat32), "LPS")) for name, im in rows]
-    values = sitk.GetArrayViewFromImage(rows[0][1])
+    values = sitk.GetArrayViewFromImage(fixed)
     lo, hi = (-1000.0, 400.0) if float(values.min()) < -500 else tuple(np.percentile(values, [1, 99]))
-    sx, sy, sz = rows[0][1].GetSpacing()
     fig, axes = plt.subplots(3, 3, figsize=(12, 12))
     for r, (name, image) in enumerate(rows):
-        a = sitk.GetArrayViewFromImage(image)
-        nz, ny, nx = a.shape
-        views = [("axial", a[nz // 2], sy / sx, "upper"), ("coronal", a[:, ny // 2, :], sz / sx, "lower"),
-                 ("sagittal", a[:, :, nx // 2], sz / sy, "lower")]
-        for c, (view, cut, aspect, origin) in enumerate(views):
+        for c, (view, cut, aspect, origin) in enumerate(orthogonal_views(sitk.Cast(image, sitk.sitkFloat32))):
             ax = axes[r, c]
             ax.imshow(cut, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, origin=origin, interpolation="nearest")
             ax.set_title(f"{name}: {view}", fontsize=10)
