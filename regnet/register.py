@@ -26,6 +26,7 @@ import platform
 import shutil
 import sys
 import time
+import types
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -693,3 +694,14 @@ __all__ = [
     "register_series",
     "select_stages",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``regnet.register(fixed, moving, models, ...)`` work as issue 10 and the README spell
+    it, while ``regnet.register`` stays this module (``regnet.register.register`` is the same call)."""
+
+    def __call__(self, *args, **kwargs) -> Result:
+        return register(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

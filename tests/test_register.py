@@ -200,6 +200,20 @@ def test_affine_only_model_none(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["dvf.mha", "registration.json", "warped_moving.mha"]
 
 
+def test_the_package_call_of_issue_10():
+    """``regnet.register(fixed, moving, models, ...)`` as the issue spells it, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import regnet, SimpleITK as sitk, numpy as np\n"
+            "img = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(8, 9, 10)).astype(np.float32))\n"
+            "r = regnet.register(img, img, 'none', affine='none', progress=False)\n"
+            "assert r is not None and regnet.register.register is not None\n"
+            "print(sitk.GetArrayViewFromImage(r.dvf).shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(8, 9, 10, 3)"
+
+
 def test_image_smaller_than_a_patch_is_padded_and_works():
     """A crop4-sized stand-in (101 -> 21) on a 14 x 11 x 9 voxel image (stage 1)."""
     g = Geometry((14, 11, 9), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
