@@ -9,16 +9,31 @@ import SimpleITK as sitk
 from regnet.files import atomic_path
 
 
-def orthogonal_slices_png(image: sitk.Image, path, overlays: dict | None = None, window=(-1000, 400),
-                          title: str | None = None, center_xyz=None) -> Path:
-    """Axial, coronal and sagittal slices through the centre (or ``center_xyz`` indices), drawn
-    with physical aspect ratios in radiological view (patient right on the left, anterior up)."""
-    # lazy: matplotlib costs ~0.3 s to import and only --png needs it; Agg draws without a display
+def pyplot():
+    """matplotlib.pyplot drawing without a display (Agg). Lazy: matplotlib costs ~0.3 s to import
+    and only the commands that draw need it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_png(fig, path, dpi: int = 90) -> Path:
+    """Write a figure as PNG atomically (temporary name, then rename) and free it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+    return path
+
+
+def orthogonal_slices_png(image: sitk.Image, path, overlays: dict | None = None, window=(-1000, 400),
+                          title: str | None = None, center_xyz=None) -> Path:
+    """Axial, coronal and sagittal slices through the centre (or ``center_xyz`` indices), drawn
+    with physical aspect ratios in radiological view (patient right on the left, anterior up)."""
+    plt = pyplot()
     image = sitk.DICOMOrient(image, "LPS")  # display in one orientation whatever the direction
     overlays = {k: sitk.DICOMOrient(m, "LPS") for k, m in (overlays or {}).items()}
     array = sitk.GetArrayViewFromImage(image)
@@ -44,11 +59,7 @@ def orthogonal_slices_png(image: sitk.Image, path, overlays: dict | None = None,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def orthogonal_views(image: sitk.Image, center_xyz=None) -> list[tuple]:

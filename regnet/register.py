@@ -381,13 +381,9 @@ class Result:
 def overlay_png(fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, path) -> Path:
     """Fixed, moving (before registration, on the fixed grid) and warped moving, in three
     orthogonal views through the fixed image's centre (like dipy's ``overlay_slices``)."""
-    import matplotlib
+    from regnet.figures import orthogonal_views, pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from regnet.figures import orthogonal_views
-    from regnet.files import atomic_path
+    plt = pyplot()
 
     before = sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, float(_background(moving)),
                            sitk.sitkFloat32)
@@ -402,11 +398,7 @@ def overlay_png(fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, path)
             ax.set_title(f"{name}: {view}", fontsize=10)
             ax.set_axis_off()
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=80)
 
 
 def _background(image: sitk.Image) -> float:

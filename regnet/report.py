@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from regnet import RegNetError, __version__
-from regnet.figures import orthogonal_views
+from regnet.figures import orthogonal_views, pyplot, save_png
 from regnet.geometry import Geometry
 
 CLI_HELP = "compare evaluations of several methods on the same pairs (table, Wilcoxon p-values, box plots)"
@@ -64,19 +64,8 @@ def result_folder(out):
 
 
 # ------------------------------------------------------------------ figures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=90, format="png")
-    _plt().close(fig)
-    return path.name
+    return save_png(fig, path).name
 
 
 def _window(image: sitk.Image) -> tuple[float, float]:
@@ -101,7 +90,7 @@ def _unit(a, window):
 
 def overlay_png(fixed: sitk.Image, before: sitk.Image, after: sitk.Image, path: Path) -> str:
     """Fixed in magenta, moving in green (grey where they agree): before and after, three views."""
-    plt = _plt()
+    plt = pyplot()
     window = _window(fixed)
     views_f = orthogonal_views(fixed)
     fig, axes = plt.subplots(2, 3, figsize=(13, 8.6))
@@ -118,7 +107,7 @@ def overlay_png(fixed: sitk.Image, before: sitk.Image, after: sitk.Image, path: 
 
 def checkerboard_png(fixed: sitk.Image, after: sitk.Image, path: Path, squares: int = 8) -> str:
     """Alternating blocks of the fixed and the warped moving image (edges should continue)."""
-    plt = _plt()
+    plt = pyplot()
     board = sitk.CheckerBoard(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(after, sitk.sitkFloat32), [squares] * 3)
     window = _window(fixed)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
@@ -133,7 +122,7 @@ def checkerboard_png(fixed: sitk.Image, after: sitk.Image, path: Path, squares: 
 
 def map_png(image: sitk.Image, path: Path, title: str, cmap: str, vmin: float, vmax: float, label: str) -> str:
     """A scalar map (|u|, Jacobian) in three views with a colour bar."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
     shown = None
     for ax, (name, cut, aspect, origin) in zip(axes, orthogonal_views(image)):
@@ -151,7 +140,7 @@ def deformed_grid_png(dvf: sitk.Image, path: Path, lines: int = 24, background: 
     Drawn on the LPS-oriented grid; for oblique volumes the in-plane axes are the nearest
     physical ones, which is what the picture is for (seeing folds and shears), not measuring.
     """
-    plt = _plt()
+    plt = pyplot()
     oriented = sitk.DICOMOrient(dvf, "LPS")
     u = sitk.GetArrayViewFromImage(oriented)
     sx, sy, sz = oriented.GetSpacing()
@@ -184,7 +173,7 @@ def deformed_grid_png(dvf: sitk.Image, path: Path, lines: int = 24, background: 
 
 
 def tre_boxplot_png(samples: dict, path: Path, title: str = "target registration error") -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(samples) + 2), 4.6))
     data = [np.asarray(v, float)[np.isfinite(v)] for v in samples.values()]
     ax.boxplot(data, notch=True, showmeans=True)
@@ -197,7 +186,7 @@ def tre_boxplot_png(samples: dict, path: Path, title: str = "target registration
 
 
 def tre_scatter_png(initial, tre, path: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.8))
     ax.scatter(initial, tre, s=10, alpha=0.7)
     top = float(np.nanmax(np.concatenate([initial, tre, [1.0]])))
