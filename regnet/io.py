@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from regnet import RegNetError
 from regnet.files import atomic_path, full_suffix
 from regnet.geometry import Geometry
+from regnet.image_integrity import check_file_complete, check_slice_positions
 
 IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm", ".img", ".hdr")
 WRITE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
@@ -74,8 +75,21 @@ def read_dicom_series(folder: Path, series_id: str | None = None) -> sitk.Image:
         series_id = ids[0]
     elif series_id not in ids:
         raise RegNetError(f"{folder}: no DICOM series {series_id!r}; found {list(ids)}.")
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series_id))
-    return reader.Execute()
+    files = reader.GetGDCMSeriesFileNames(str(folder), series_id)
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # slice positions, to catch a missing slice ITK would paper over
+    image = reader.Execute()
+    positions = []
+    for i in range(len(files)):
+        value = reader.GetMetaData(i, "0020|0032") if reader.HasMetaDataKey(i, "0020|0032") else ""
+        try:
+            positions.append(tuple(float(v) for v in value.split("\\")))
+        except ValueError:
+            positions.append(None)
+    positions = [p if p is not None and len(p) == 3 else None for p in positions]
+    if image.GetDimension() == 3:
+        check_slice_positions(folder, list(files), positions, np.asarray(image.GetDirection()).reshape(3, 3)[:, 2])
+    return image
 
 
 def read_image(path, *, raw: RawSpec | None = None, volume: int | None = None,
@@ -96,6 +110,7 @@ def read_image(path, *, raw: RawSpec | None = None, volume: int | None = None,
             raise RegNetError(f"{path}: a headerless raw volume; its size and spacing come from a data "
                               "layout (e.g. DIR-Lab_4D) or a RawSpec.")
         else:
+            check_file_complete(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
