@@ -43,7 +43,7 @@ def main():
     if args.out:
         values["OutputFolder"] = args.out
     settings = load_settings(values)
-    results = run(settings, jobs=args.jobs or settings.Jobs)
+    results = run(settings, jobs=args.jobs if args.jobs is not None else settings.Jobs)  # 0 is an error, not "default"
     print(f"\n{len(results)} synthetic pairs in {settings.OutputFolder} "
           f"(settings: {settings.OutputFolder}/settings.json)")
     for r in results:

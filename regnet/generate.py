@@ -13,8 +13,11 @@ Where the files go (and which pairs are done) is :mod:`regnet.store`'s job: one
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import re
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from regnet.files import remove_stale_temporaries, write_json_atomic
 from regnet.geometry import Geometry
 from regnet.io import dvf_to_image, image_from_array, resample_isotropic, write_dvf, write_image
 from regnet.masks import compute_masks
+from regnet.resume import describe_stale, forget, made_from, stale_pairs
 from regnet.seeding import rng_for
 from regnet.settings import Settings, load_settings
 from regnet.store import ImageId, PairId, PairStore, tasks
@@ -152,6 +156,7 @@ def generate_pair(pair: PairId, store: PairStore) -> dict:
         "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
         "folded_fraction_in_torso": float((jac[torso_arr] <= 0).mean()) if torso_arr.any() else 0.0,
         "deformed_image": files.fixed.name,
+        "made_from": made_from(pair, store),  # checked on every re-run (regnet.resume)
     }
     write_json_atomic(files.done, stats)  # last: marks the pair complete
     return {**stats, "seconds": time.perf_counter() - t0, "skipped": False}
@@ -172,50 +177,204 @@ def _with_threads(function, threads: int | None, *args):
     return function(*args)
 
 
+# ---------------------------------------------------------------- failures of one case
+class GenerateFailed(RegNetError):
+    """Some cases failed; the others were finished. ``results`` holds the statistics of the pairs made."""
+
+    def __init__(self, message: str, results: list[dict]):
+        super().__init__(message)
+        self.results = results
+
+
+def _attempt(function, threads, task, store: PairStore):
+    """Run one task; a failure becomes ``{"failed": ...}`` naming the case and file, so the other
+    cases finish. A full disk stops the job: every later write would fail the same way."""
+    try:
+        return _with_threads(function, threads, task, store)
+    except Exception as err:  # noqa: BLE001 - reported per case at the end, the job goes on
+        message = str(err).strip() or type(err).__name__
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in message:
+            raise RegNetError(f"The disk holding {store.root} is full ({_task_name(task, store)}); finished pairs are "
+                              "kept: free some space and re-run to resume.") from None
+        if not isinstance(err, RegNetError):
+            message = f"{type(err).__name__}: {message.splitlines()[-1]}"
+        if "fallback" in message:  # regnet masks' option; generate has none: say what works here
+            message = re.sub(r"\s*[^.;]*fallback[^.]*\.?", "", message).strip() + (
+                " For generate, give the layout lung and torso mask templates (masks are then read, not "
+                "computed), or for non-CT data set modality = \"MR\" in the layout (Otsu body mask, no lung).")
+        return {"failed": True, "task": task, "what": _task_name(task, store), "error": message}
+
+
+def _task_name(task, store: PairStore) -> str:
+    """"DATA case CN type T (FILE)" and, for a pair, its dsmooth and method."""
+    image = task.image if isinstance(task, PairId) else task
+    try:
+        layout = store.layout(image.data)
+        source = (f"phantom seed {image.cn}" if layout.source == "phantom"
+                  else str(layout.path("image", _case(image.cn, layout), image.type_im)))
+        type_name = layout.type_name(image.type_im)
+    except Exception:  # noqa: BLE001 - the name must not fail where the task did
+        source, type_name = "image not found", image.type_im
+    name = f"{image.data} case {image.cn} type {type_name}"
+    if isinstance(task, PairId):
+        method, number = store.method_of(task)
+        name += f" dsmooth {task.dsmooth} ({method} D{number})"
+    return f"{name} [{source}]"
+
+
+def _failure_summary(failures: list[dict], skipped: int, made: int) -> str:
+    lines = [f"{len(failures)} task(s) failed; {made} pair(s) are done"
+             + (f", {skipped} pair(s) of failed originals were not attempted" if skipped else "")
+             + ". Fix the cases below and re-run to resume:"]
+    lines += [f"  {f['what']}: {f['error']}" for f in failures]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- checks before any work
+def _check_cases(images, store: PairStore) -> None:
+    for image in images:
+        layout = store.layout(image.data)
+        if layout.source == "phantom":
+            try:
+                int(image.cn)
+            except ValueError:
+                raise RegNetError(f"{image.data}: case {image.cn!r} is not a number; phantom cases are seeds "
+                                  "(integers), e.g. TrainingCNList = [1, 2].") from None
+        layout.type_name(image.type_im)  # out of range: named here, not in a worker
+
+
+#: Warn when the stage grid has this many times the voxels of the original (2x per axis).
+UPSAMPLING_WARNING = 8.0
+
+
+def upsampling_warnings(images, store: PairStore) -> list[str]:
+    """One line per image whose stage grid has many more voxels than the image itself: a tiny image
+    (or a wrong spacing in its header) silently made into millions of interpolated voxels."""
+    import SimpleITK as sitk
+
+    from regnet.io import isotropic_geometry
+
+    messages = []
+    for image in images:
+        layout = store.layout(image.data)
+        if layout.source == "phantom":
+            continue
+        case = _case(image.cn, layout)
+        try:
+            path = layout.path("image", case, image.type_im)
+            spec = layout.raw_spec(case)
+            if spec is not None:
+                size, spacing = tuple(spec.size), tuple(float(s) for s in spec.spacing)
+            elif path.is_dir():
+                continue  # a DICOM series: no cheap header read
+            else:
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(path))
+                reader.ReadImageInformation()
+                size, spacing = reader.GetSize()[:3], reader.GetSpacing()[:3]
+        except (RegNetError, RuntimeError):
+            continue  # reported by the task itself, with its case
+        grid = isotropic_geometry(Geometry(tuple(size), tuple(spacing), (0.0,) * 3), float(image.stage))
+        before, after = int(np.prod(size, dtype=np.int64)), int(np.prod(grid.size, dtype=np.int64))
+        if after > UPSAMPLING_WARNING * before:
+            extent = " x ".join(f"{(n - 1) * s:g}" for n, s in zip(size, spacing))
+            messages.append(f"{path}: {'x'.join(map(str, size))} voxels ({extent} mm) are up-sampled "
+                            f"{after / before:.0f}-fold to {'x'.join(map(str, grid.size))} = {after / 1e6:.2f} M "
+                            f"voxels of {image.stage} mm at stage {image.stage}; is the spacing in its header right?")
+    return messages
+
+
+def _prepare_root(store: PairStore) -> None:
+    root = store.root
+    if root.exists() and not root.is_dir():
+        raise RegNetError(f"OutputFolder {root} is a file, not a folder; choose a folder (--out).")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".regnet-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RegNetError(f"OutputFolder {root} cannot be written ({err.strerror or err}); choose a folder you can "
+                          "write to (--out).") from None
+
+
+def _dask_client(scheduler: str | None):
+    try:
+        from dask.distributed import Client  # optional dependency (regnet[dask])
+    except ImportError:
+        raise RegNetError("backend='dask' needs dask[distributed]: pip install 'regnet[dask]'.") from None
+    if not scheduler:
+        return Client(processes=False)
+    try:
+        return Client(scheduler, timeout=DASK_CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise RegNetError(f"Cannot reach the Dask scheduler at {scheduler!r} within {DASK_CONNECT_TIMEOUT} "
+                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); is it running, and "
+                          "is the address tcp://HOST:PORT?") from None
+
+
+DASK_CONNECT_TIMEOUT = "20s"
+
+
 # ---------------------------------------------------------------- the job
 def run(settings, jobs: int = 1, backend: str = "loky", scheduler: str | None = None,
-        which=("Training", "Validation"), progress: bool = True) -> list[dict]:
-    """Generate everything the settings ask for; returns one statistics dict per pair."""
+        which=("Training", "Validation"), progress: bool = True, overwrite: bool = False) -> list[dict]:
+    """Generate everything the settings ask for; returns one statistics dict per pair.
+
+    Finished pairs are skipped only when their ``done.json`` records the same parameters as
+    these settings; otherwise the job stops naming the keys that differ, or with ``overwrite``
+    makes those pairs again. A failing case does not stop the others: :class:`GenerateFailed`
+    at the end names each failed case and file."""
     # lazy: joblib and tqdm cost ~0.2 s of every `regnet` command's start-up (the CLI imports this module)
     import joblib
     from tqdm.auto import tqdm
 
     settings = settings if isinstance(settings, Settings) else load_settings(settings)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise RegNetError(f"jobs must be a positive number of parallel workers, got {jobs!r}.")
+    if backend not in ("loky", "dask"):
+        raise RegNetError(f"Unknown backend {backend!r}; choose loky or dask.")
     store = PairStore(settings)
     root = store.root
-    root.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(root)
-    settings.write_json(root / "settings.json")
     images, pairs = tasks(settings, which)
     for data in sorted({image.data for image in images}):
         store.layout(data)  # once per run, here: bad layouts fail before any work; tasks get them loaded
-    client = None
-    if backend == "dask":
-        try:
-            from dask.distributed import Client  # optional dependency (regnet[dask])
-        except ImportError:
-            raise RegNetError("backend='dask' needs dask[distributed]: pip install 'regnet[dask]'.") from None
-        client = Client(scheduler) if scheduler else Client(processes=False)
-    elif backend != "loky":
-        raise RegNetError(f"Unknown backend {backend!r}; choose loky or dask.")
+    _check_cases(images, store)
+    stale = stale_pairs(pairs, store)
+    if stale and not overwrite:
+        raise RegNetError(describe_stale(stale, store, sum(store.is_done(p) for p in pairs)))
+    _prepare_root(store)
+    for message in upsampling_warnings(images, store):
+        warnings.warn(message, stacklevel=2)
+    forget(stale, store)
+    remove_stale_temporaries(root)
+    settings.write_json(root / "settings.json")  # only now: the settings passed every check
+    client = _dask_client(scheduler) if backend == "dask" else None
+    results, failures, skipped = [], [], 0
     try:
         # on Dask the cluster's workers set the parallelism; --jobs is for one machine
         with joblib.parallel_config(backend=backend, n_jobs=-1 if backend == "dask" else jobs):
             parallel = joblib.Parallel(return_as="generator_unordered")
             threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if backend != "dask" else None
-            for _ in tqdm(parallel(joblib.delayed(_with_threads)(prepare_image, threads, i, store)
-                                   for i in images),
-                          total=len(images), desc="originals + masks", disable=not progress, unit="image"):
-                pass
-            results = []
-            for stats in tqdm(parallel(joblib.delayed(_with_threads)(generate_pair, threads, p, store)
-                                       for p in pairs),
-                              total=len(pairs), desc="synthetic pairs", disable=not progress, unit="pair"):
-                results.append(stats)
+            for outcome in tqdm(parallel(joblib.delayed(_attempt)(prepare_image, threads, i, store)
+                                         for i in images),
+                                total=len(images), desc="originals + masks", disable=not progress, unit="image"):
+                if isinstance(outcome, dict) and outcome.get("failed"):
+                    failures.append(outcome)
+            failed_images = {f["task"] for f in failures}
+            todo = [p for p in pairs if p.image not in failed_images]
+            skipped = len(pairs) - len(todo)
+            for stats in tqdm(parallel(joblib.delayed(_attempt)(generate_pair, threads, p, store) for p in todo),
+                              total=len(todo), desc="synthetic pairs", disable=not progress, unit="pair"):
+                (failures if stats.get("failed") else results).append(stats)
     finally:
         if client is not None:
             client.close()
-    return sorted(results, key=lambda s: (s["data"], s["case"], s["type_im"], s["dsmooth"]))
+    results = sorted(results, key=lambda s: (s["data"], s["case"], s["type_im"], s["dsmooth"]))
+    if failures:
+        failures.sort(key=lambda f: f["what"])
+        raise GenerateFailed(_failure_summary(failures, skipped, len(results)), results)
+    return results
 
 
 def add_arguments(p) -> None:
@@ -225,6 +384,8 @@ def add_arguments(p) -> None:
     p.add_argument("--scheduler", default=None, help="dask scheduler address, e.g. tcp://10.0.0.1:8786")
     p.add_argument("--out", type=Path, default=None, help="output root (default: settings OutputFolder)")
     p.add_argument("--only", choices=["Training", "Validation"], default=None)
+    p.add_argument("--overwrite", action="store_true",
+                   help="make again the finished pairs whose recorded parameters differ from these settings")
 
 
 def generate_command(args) -> int:
@@ -232,9 +393,20 @@ def generate_command(args) -> int:
     if args.out is not None:
         settings = dataclasses.replace(settings, OutputFolder=str(args.out))
     which = (args.only,) if args.only else ("Training", "Validation")
+    if args.jobs is not None and args.jobs < 1:
+        raise RegNetError(f"--jobs must be a positive number of parallel workers, got {args.jobs}.")
     t0 = time.perf_counter()
-    results = run(settings, jobs=args.jobs or settings.Jobs, backend=args.backend, scheduler=args.scheduler,
-                  which=which)
+    try:
+        results = run(settings, jobs=args.jobs if args.jobs is not None else settings.Jobs, backend=args.backend,
+                      scheduler=args.scheduler, which=which, overwrite=args.overwrite)
+    except GenerateFailed as failed:
+        _print_results(failed.results, settings, t0)
+        raise
+    _print_results(results, settings, t0)
+    return 0
+
+
+def _print_results(results: list[dict], settings: Settings, t0: float) -> None:
     made = [r for r in results if not r["skipped"]]
     print(f"{len(results)} pairs under {settings.OutputFolder} ({len(made)} made, "
           f"{len(results) - len(made)} already there) in {time.perf_counter() - t0:.1f} s")
@@ -242,4 +414,3 @@ def generate_command(args) -> int:
         print(f"  {r['data']} case {r['case']} type {r['type_im']} dsmooth {r['dsmooth']:>3} {r['method']:<19}"
               f" max|u| {r['max_magnitude_mm']:6.2f} mm  J [{r['jacobian_min']:.2f}, {r['jacobian_max']:.2f}]"
               f"  folded {100 * r['folded_fraction_in_torso']:.3f}%")
-    return 0
