@@ -29,7 +29,7 @@ from regnet.geometry import Geometry
 from regnet.io import IMAGE_SUFFIXES, RawSpec, read_image
 from regnet.landmarks import read_landmarks
 from regnet.phantom import phantom_case
-from regnet.settings import toml_files
+from regnet.settings import read_toml_or_json, toml_files
 
 TEMPLATE_KEYS = ("image", "lung", "torso", "landmarks")
 LAYOUT_KEYS = {"name", "description", "root", "types", "cases", "raw", "case", "type", "source",
@@ -184,6 +184,35 @@ def _template_regex(template: str, type_name: str) -> re.Pattern:
     return re.compile("".join(out))
 
 
+def _read_packaged(path: Traversable) -> dict:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise RegNetError(f"{path}: not a valid TOML layout file ({err}).") from None
+
+
+def _check_values(spec: dict, path) -> None:
+    """Types of the layout's values, named by key (a string where a list belongs is split into letters)."""
+    types_ = spec["types"]
+    if not isinstance(types_, list) or not types_ or not all(isinstance(t, (str, int)) for t in types_):
+        raise RegNetError(f"{path}: types must be a non-empty list of names, e.g. types = [\"image\"], got {types_!r}.")
+    cases = spec.get("cases", "auto")
+    if cases != "auto" and (not isinstance(cases, list) or not all(isinstance(c, (str, int)) for c in cases)):
+        raise RegNetError(f"{path}: cases must be a list of case names or numbers, e.g. cases = [1, 2], or \"auto\"; "
+                          f"got {cases!r}.")
+    value = spec.get("default_pixel_value", -2048)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RegNetError(f"{path}: default_pixel_value must be a number (the intensity outside the image, e.g. "
+                          f"-2048 for CT in HU), got {value!r}.")
+    for key in ("root", "name", "modality", "source", *TEMPLATE_KEYS):
+        if key in spec and not isinstance(spec[key], str):
+            raise RegNetError(f"{path}: {key} must be a string, got {spec[key]!r}.")
+    for key in ("case", "type", "raw", "phantom"):
+        if key in spec and not isinstance(spec[key], dict):
+            raise RegNetError(f"{path}: {key} must be a table ([{key}...]), got {spec[key]!r}.")
+
+
 def load_layout(name: str, data_folder: str | Path = "./Data", root: str | Path | None = None) -> Layout:
     """Load ``{name}.toml`` from the layout folders; ``root`` overrides the layout's own root."""
     for directory in layout_dirs():
@@ -195,13 +224,13 @@ def load_layout(name: str, data_folder: str | Path = "./Data", root: str | Path 
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise RegNetError(f"Unknown data layout {name!r}{hint} Available: {', '.join(available_layouts())}. "
                           "For a new dataset add a TOML file to a folder named by $REGNET_LAYOUTS_PATH.")
-    with path.open("rb") as fh:
-        spec = tomllib.load(fh)
+    spec = read_toml_or_json(Path(str(path)), "layout") if isinstance(path, Path) else _read_packaged(path)
     unknown = set(spec) - LAYOUT_KEYS
     if unknown:
         raise RegNetError(f"{path}: unknown keys {sorted(unknown)}; valid keys: {sorted(LAYOUT_KEYS)}.")
     if "types" not in spec or "image" not in spec and spec.get("source") != "phantom":
         raise RegNetError(f"{path}: a layout needs 'types' and an 'image' template.")
+    _check_values(spec, path)
     root_text = str(root) if root is not None else spec.get("root", "{DataFolder}")
     root_path = Path(root_text.replace("{DataFolder}", str(data_folder))).expanduser()
     return Layout(

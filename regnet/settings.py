@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import tomllib
 import types
@@ -31,6 +32,10 @@ METHODS = ("zero", "translation", "single_frequency", "mixed_frequency", "respir
 STAGES = (1, 2, 4)
 #: Paper patch radii (R, Ry) per network (regnet_spec.md section 3): input 2R+1, output 2Ry+1 voxels.
 PATCH_RADII = {"crop4_connection": (50, 10), "decimation4": (52, 10), "unet1": (62, 62), "crop5_connection": (62, 62)}
+
+#: Upper bound of MaxDeform and NextIm_MaxDeform (mm): RegNet's presets use 7-20; beyond this a field
+#: moves tissue by more than a lung's half-width, which is a typo (e.g. 1e6), not an experiment.
+MAX_DEFORM_LIMIT_MM = 100.0
 
 POSITIVE = {"check": "positive"}
 NONNEGATIVE = {"check": "nonnegative"}
@@ -279,6 +284,8 @@ def _convert(value, annotation, path: str, check: str | None = None):
         raise _type_error(path, annotation, value, check)
     if annotation is float:
         value = float(value)
+        if not math.isfinite(value):
+            raise RegNetError(f"{path} must be a finite number, got {value!r}")
     if check == "positive" and value <= 0 or check == "nonnegative" and value < 0:
         raise _type_error(path, annotation, value, check)
     return value
@@ -370,6 +377,13 @@ def load_deform_exp(name: str, overrides: dict[str, dict] | None = None) -> Defo
 
 def _check_deform_exp(exp: DeformExp) -> None:
     where = f"deform_exp[{exp.name!r}]"
+    if not exp.DeformMethods:
+        raise RegNetError(f"{where}.DeformMethods is empty: list at least one of {', '.join(METHODS)} "
+                          "(dsmooth d uses DeformMethods[d % len]).")
+    for key in ("MaxDeform", "NextIm_MaxDeform"):
+        if getattr(exp, key) > MAX_DEFORM_LIMIT_MM:
+            raise RegNetError(f"{where}.{key} must be at most {MAX_DEFORM_LIMIT_MM:g} mm, got {getattr(exp, key)!r} "
+                              "(RegNet's presets use 7 to 20 mm).")
     counts = {m: exp.DeformMethods.count(m) for m in METHODS}
     per_number = {
         "single_frequency": ("SingleFrequency_BSplineGridSpacing", "SingleFrequency_SetGridBorderToZero",
@@ -396,6 +410,10 @@ def _check_deform_exp(exp: DeformExp) -> None:
         lo_hi = getattr(exp, key)
         if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
             raise RegNetError(f"{where}.{key} must be [low, high] with low <= high, got {lo_hi}")
+    for key in ("Sponge_JacobianClip", "Sponge_ScaleRange"):
+        if getattr(exp, key)[0] <= 0:
+            raise RegNetError(f"{where}.{key} must be [low, high] with 0 < low <= high (density is multiplied by "
+                              f"it), got {getattr(exp, key)}")
     if not exp.DeformedImExt or exp.DeformedImExt[0] != "Clean":
         raise RegNetError(f"{where}.DeformedImExt must start with 'Clean', got {exp.DeformedImExt}")
 
@@ -449,9 +467,22 @@ def load_settings(settings: dict | str | Path) -> Settings:
 def _read_settings_file(path: Path) -> dict:
     if not path.is_file():
         raise RegNetError(f"{path}: no such settings file.")
-    if path.suffix == ".toml":
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    if path.suffix == ".json":
+    if path.suffix not in (".toml", ".json"):
+        raise RegNetError(f"{path}: settings files are .json or .toml.")
+    return read_toml_or_json(path, "settings")
+
+
+def read_toml_or_json(path: Path, what: str):
+    """Parse a TOML or JSON file; a syntax error names the file, line and column."""
+    try:
+        if path.suffix == ".toml":
+            with open(path, "rb") as fh:
+                return tomllib.load(fh)
         return json.loads(path.read_text(encoding="utf-8"))
-    raise RegNetError(f"{path}: settings files are .json or .toml.")
+    except tomllib.TOMLDecodeError as err:
+        raise RegNetError(f"{path}: not a valid TOML {what} file ({err}).") from None
+    except json.JSONDecodeError as err:
+        raise RegNetError(f"{path}: not a valid JSON {what} file ({err.msg} at line {err.lineno}, column "
+                          f"{err.colno}).") from None
+    except UnicodeDecodeError as err:
+        raise RegNetError(f"{path}: not a text {what} file ({err.reason} at byte {err.start}).") from None

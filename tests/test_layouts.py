@@ -99,3 +99,18 @@ def test_layouts_ship_inside_the_package(tmp_path, monkeypatch):
     monkeypatch.setenv("REGNET_LAYOUTS_PATH", str(tmp_path))
     assert load_layout("Phantom").types == ["A"]                 # the user's folder comes first
     assert load_layout("POPI").name == "POPI"                    # the shipped ones stay reachable
+
+
+@pytest.mark.parametrize("text, message", [
+    ('types = ["image"]\nimage = "{cn}.mha\n', r"My\.toml: not a valid TOML layout file \(.*line 2"),
+    ('types = "image"\nimage = "{cn}.mha"\n', r"My\.toml: types must be a non-empty list of names, .* got 'image'"),
+    ('types = ["image"]\nimage = "{cn}.mha"\ncases = 5\n', r"My\.toml: cases must be a list .* got 5"),
+    ('types = ["image"]\nimage = "{cn}.mha"\ndefault_pixel_value = "air"\n',
+     r"My\.toml: default_pixel_value must be a number .* got 'air'"),
+    ('types = ["image"]\nimage = 3\n', r"My\.toml: image must be a string, got 3"),
+])
+def test_malformed_layout_files_name_file_and_key(tmp_path, monkeypatch, text, message):
+    (tmp_path / "My.toml").write_text(text)
+    monkeypatch.setenv("REGNET_LAYOUTS_PATH", str(tmp_path))
+    with pytest.raises(RegNetError, match=message):
+        load_layout("My")

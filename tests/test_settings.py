@@ -122,3 +122,34 @@ def test_presets_ship_inside_the_package_and_user_folders_come_first(tmp_path, m
     assert mine.MaxDeform == 5.0 and mine.RespiratoryMotion_t0 == 22  # 3D_max7 now extends 3D_max15
     with pytest.raises(RegNetError, match=r"Unknown deform_exp 'mien'; did you mean 'mine'\? .*REGNET_SETTINGS_PATH"):
         load_deform_exp("mien")
+
+
+# ------------------------------------------------------------------ issue 15: no raw tracebacks, no silent nonsense
+EXP = "deform_exp['3D_max7_D14_K']"
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"MaxDeform": float("nan")}, f"{EXP}.MaxDeform must be a finite number, got nan"),
+    ({"MaxDeform": float("inf")}, f"{EXP}.MaxDeform must be a finite number, got inf"),
+    ({"MaxDeform": 1e6}, f"{EXP}.MaxDeform must be at most 100 mm, got 1000000.0"),
+    ({"DeformMethods": []}, f"{EXP}.DeformMethods is empty: list at least one of"),
+    ({"Sponge_JacobianClip": [-5, 1.3]}, f"{EXP}.Sponge_JacobianClip must be [low, high] with 0 < low <= high"),
+    ({"Sponge_ScaleRange": [0, 1.1]}, f"{EXP}.Sponge_ScaleRange must be [low, high] with 0 < low <= high"),
+])
+def test_deform_values_that_would_crash_later_or_make_nonsense(override, message):
+    with pytest.raises(RegNetError) as err:
+        load_settings(with_(DeformExp={"3D_max7_D14_K": override}))
+    assert message in str(err.value)
+
+
+def test_malformed_settings_files_are_named(tmp_path):
+    (tmp_path / "s.json").write_text('{"DataExpDict": [\n  {"data": "Phantom",}\n]}')
+    with pytest.raises(RegNetError, match=r"s\.json: not a valid JSON settings file \(Expecting property name "
+                                          r"enclosed in double quotes at line 2, column 22\)"):
+        load_settings(tmp_path / "s.json")
+    (tmp_path / "s.toml").write_text('stage = 2\nOutputFolder = "out\n')
+    with pytest.raises(RegNetError, match=r"s\.toml: not a valid TOML settings file \(.*line 2"):
+        load_settings(tmp_path / "s.toml")
+    (tmp_path / "nan.json").write_text(json.dumps(with_(DeformExp={"3D_max7_D14_K": {"MaxDeform": float("nan")}})))
+    with pytest.raises(RegNetError, match=r"MaxDeform must be a finite number, got nan"):
+        load_settings(tmp_path / "nan.json")
