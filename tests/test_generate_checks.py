@@ -135,3 +135,14 @@ def test_full_disk_stops_the_job_with_one_line(tmp_path, monkeypatch):
     with pytest.raises(RegNetError, match=r"The disk holding .* is full \(Phantom case 1 type T00 dsmooth 5 "
                                           r"\(single_frequency D1\) \[phantom seed 1\]\); finished pairs are kept"):
         run(settings_for(tmp_path), jobs=1, progress=False)
+
+
+def test_unwritable_output_folder_is_named_even_as_root(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def refuse(self, data):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    with pytest.raises(RegNetError, match=r"OutputFolder .*ro cannot be written \(Permission denied\)"):
+        run(settings_for(tmp_path / "ro"), jobs=1, progress=False)
