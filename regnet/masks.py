@@ -274,15 +274,21 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--png", action="store_true", help="write an overlay PNG of three orthogonal slices")
     p.add_argument("--fallback", choices=["otsu"], default=None, help="for non-CT input: Otsu body mask")
+    p.add_argument("--overwrite", action="store_true", help="replace mask files that already exist")
 
 
 def masks_command(args) -> int:
+    name = args.image.name
+    stem = name[: len(name) - len(full_suffix(args.image))] if full_suffix(args.image) else name
+    targets = [args.out / f"{stem}_lung.mha", args.out / f"{stem}_torso.mha"]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not args.overwrite:
+        raise RegNetError(f"Mask file(s) already exist: {', '.join(existing)}; pass --overwrite to replace them, "
+                          "or choose another --out folder.")
     image = read_image(args.image)
     t0 = time.perf_counter()
     masks = compute_masks(image, fallback=args.fallback)
     elapsed = time.perf_counter() - t0
-    name = args.image.name
-    stem = name[: len(name) - len(full_suffix(args.image))] if full_suffix(args.image) else name
     lung_path = write_image(masks["lung"], args.out / f"{stem}_lung.mha")
     torso_path = write_image(masks["torso"], args.out / f"{stem}_torso.mha")
     print(f"{args.image}: lung {mask_volume_litres(masks['lung']):.2f} L, torso "

@@ -439,7 +439,9 @@ def write_phantom(ph: dict, out: Path, png: bool = False) -> list[Path]:
 
 
 def phantom_command(args) -> int:
-    spacing = args.spacing or (3.0 if args.small else 1.5)
+    if args.spacing is not None and not (math.isfinite(args.spacing) and args.spacing > 0):
+        raise RegNetError(f"phantom --spacing must be a positive number of mm, got {args.spacing:g}.")
+    spacing = args.spacing if args.spacing is not None else (3.0 if args.small else 1.5)
     spec = PhantomSpec(seed=args.seed, spacing=spacing, scale=args.scale,
                        size=tuple(args.size) if args.size else None, exhale=not args.no_exhale)
     t0 = time.perf_counter()

@@ -132,3 +132,34 @@ def test_a_chest_ct_with_little_lung_is_reported(popi_3mm, monkeypatch):
     monkeypatch.setattr(masks_module, "_lung_like_components", lambda air, image: air * 0)
     with pytest.warns(RuntimeWarning, match=r"Lung mask of only 0.00 L although the body holds [0-9.]+ L of air"):
         compute_masks(image)
+
+
+# ---------------------------------------------------------------- item 9 (masks, phantom)
+def _cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "regnet", *map(str, args)], capture_output=True, text=True)
+
+
+def test_masks_do_not_overwrite_without_being_asked(tmp_path):
+    ph = make_phantom(PhantomSpec(seed=2, spacing=4.0, exhale=False))
+    source = tmp_path / "T00.mha"
+    sitk.WriteImage(ph["image"], str(source))
+    (tmp_path / "m").mkdir()
+    lung_file = tmp_path / "m" / "T00_lung.mha"
+    lung_file.write_bytes(b"mine")
+    out = _cli("masks", source, "--out", tmp_path / "m")
+    assert out.returncode != 0
+    assert f"Mask file(s) already exist: {lung_file}; pass --overwrite" in out.stderr
+    assert lung_file.read_bytes() == b"mine" and not (tmp_path / "m" / "T00_torso.mha").exists()
+    out = _cli("masks", source, "--out", tmp_path / "m", "--overwrite")
+    assert out.returncode == 0, out.stderr
+    assert dice(read_image(lung_file), ph["lung"]) > 0.9
+
+
+@pytest.mark.parametrize("spacing", ["0", "-1.5", "nan"])
+def test_phantom_spacing_must_be_positive(tmp_path, spacing):
+    out = _cli("phantom", "--out", tmp_path / "ph", f"--spacing={spacing}", "--no-exhale")
+    assert out.returncode != 0
+    assert "phantom --spacing must be a positive number of mm, got" in out.stderr
+    assert not (tmp_path / "ph").exists()
