@@ -177,6 +177,32 @@ def _draw_tree(c: _Canvas, anatomy: _Anatomy, rng, start, direction, radius, gen
             stack.append((b, child / np.linalg.norm(child), r * rng.uniform(0.72, 0.85), gen + 1))
 
 
+#: Parenchymal texture (issue 15 item 5): mottling of about this many HU (1 sd) at the scale of
+#: secondary lobules, and small peripheral vessels where the same random field is highest.
+TEXTURE_HU, TEXTURE_SCALE_MM, SMALL_VESSEL_FRACTION, SMALL_VESSEL_HU = 50.0, 1.6, 0.04, -150.0
+
+
+def _lung_texture(hu: np.ndarray, lung: np.ndarray, g: Geometry, rng) -> None:
+    """Give the parenchyma what real lungs have and smooth ellipsoids lack: mottled density and
+    small vessels everywhere up to the pleura, so Canny finds edges throughout the lung (the
+    mixed-frequency method grows its fields from those edges). Drawn in mm from its own
+    generator, so the rest of the anatomy of a seed is unchanged."""
+    found = ndimage.find_objects(lung.astype(np.uint8))
+    if not found:
+        return
+    box = found[0]
+    field = ndimage.gaussian_filter(rng.standard_normal(hu[box].shape).astype(np.float32),
+                                    TEXTURE_SCALE_MM / g.spacing[0], truncate=3.0)
+    field /= max(float(field.std()), 1e-6)
+    inside = lung[box]
+    cut = float(np.quantile(field[inside], 1.0 - SMALL_VESSEL_FRACTION))
+    vessel_w = np.clip((field - cut) / 0.5, 0.0, 1.0)          # soft-edged blobs, partial volume
+    region = hu[box]
+    textured = region + TEXTURE_HU * field
+    textured = textured * (1 - vessel_w) + SMALL_VESSEL_HU * vessel_w
+    region[inside] = np.minimum(textured[inside], np.maximum(region[inside], -100))  # vessels keep their HU
+
+
 def make_phantom(spec: PhantomSpec = PhantomSpec()) -> dict:
     """The inhale phantom: ``image`` (Int16 HU), ``lung``/``torso`` (UInt8), ``landmarks`` (N,3 mm).
 
@@ -281,6 +307,7 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> dict:
                        bifurcations=landmarks, min_radius=0.5)
     vessels = lung & (weight > 0)
     hu[vessels] = (hu * (1 - weight) + tree_hu * weight)[vessels]
+    _lung_texture(hu, lung, g, rng_for("phantom lung texture", spec.seed))
     wall = (wall_w > 0) & torso & ~lung
     hu[wall] = (hu * (1 - wall_w) + (-40.0) * wall_w)[wall]
     airway_lumen = (air_w > 0) & (lung | (wall_w > 0))  # small airways only inside the lung
@@ -412,7 +439,9 @@ def write_phantom(ph: dict, out: Path, png: bool = False) -> list[Path]:
 
 
 def phantom_command(args) -> int:
-    spacing = args.spacing or (3.0 if args.small else 1.5)
+    if args.spacing is not None and not (math.isfinite(args.spacing) and args.spacing > 0):
+        raise RegNetError(f"phantom --spacing must be a positive number of mm, got {args.spacing:g}.")
+    spacing = args.spacing if args.spacing is not None else (3.0 if args.small else 1.5)
     spec = PhantomSpec(seed=args.seed, spacing=spacing, scale=args.scale,
                        size=tuple(args.size) if args.size else None, exhale=not args.no_exhale)
     t0 = time.perf_counter()

@@ -125,10 +125,13 @@ def test_sponge_follows_mass_conservation_on_an_analytic_field():
     u[..., 0] = 0.2 * zyx[2]                                  # J = 1.2: voxels gather more tissue
     jac = jacobian_determinant(u, g)
     torso = np.ones(g.shape, bool)
-    image = np.full(g.shape, -500.0, np.float32)
+    image = np.full(g.shape, -800.0, np.float32)               # parenchyma: J and the random factor
+    image[:, :, 10:] = 0.0                                     # water: J only (issue 15 item 6)
     factor = rng_for("sponge").uniform(*EXP.Sponge_ScaleRange)
+    assert abs(factor - 1) > 0.01
     out = sponge(image, jac, torso, EXP, rng_for("sponge"))
-    np.testing.assert_allclose(out, (-500 + 1000) * 1.2 * factor - 1000, atol=1e-2)  # denser: HU up
+    np.testing.assert_allclose(out[:, :, :10], (-800 + 1000) * 1.2 * factor - 1000, atol=1e-2)  # denser: HU up
+    np.testing.assert_allclose(out[:, :, 10:], (0 + 1000) * 1.2 - 1000, atol=1e-2)
 
 
 def test_noise_only_inside_the_torso_with_the_set_sigma():

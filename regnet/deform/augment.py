@@ -13,6 +13,7 @@ from scipy import ndimage
 from regnet.deform.bspline import random_bspline_field
 from regnet.deform.field import jacobian_determinant, warp, warp_masks
 from regnet.deform.methods import voxels
+from regnet.deform.sponge_rule import sponge_factor_weight
 from regnet.geometry import Geometry
 from regnet.io import dvf_to_image, image_from_array
 from regnet.settings import DeformExp
@@ -24,12 +25,17 @@ def sponge(image: np.ndarray, jacobian: np.ndarray, torso: np.ndarray, exp: Defo
     ``Deformed(x) = Image(x + u(x))``: the deformed voxel at x gathers the tissue of a region J(x)
     times its size, so its density is multiplied by J (RegNet divided by J, the wrong way round).
     Density is proportional to HU + 1000 (RegNet scaled raw HU). J is clipped to
-    ``Sponge_JacobianClip`` and one random factor U(Sponge_ScaleRange) is applied, in the torso.
+    ``Sponge_JacobianClip``, in the torso. The random factor U(Sponge_ScaleRange) (a different
+    inspiration level) changes parenchyma only: water-like tissue, fat and bone keep their HU up
+    to J (:func:`sponge_factor_weight`; applied to density everywhere it moved soft tissue by
+    up to 100 HU).
     """
     j = np.clip(jacobian, *exp.Sponge_JacobianClip)
     factor = rng.uniform(*exp.Sponge_ScaleRange)
     out = image.astype(np.float32).copy()
-    out[torso] = (out[torso] + 1000.0) * j[torso] * factor - 1000.0
+    hu = out[torso]
+    scale = 1.0 + (factor - 1.0) * sponge_factor_weight(hu)
+    out[torso] = (hu + 1000.0) * j[torso] * scale - 1000.0
     return out
 
 

@@ -9,6 +9,13 @@ a second. That speed-up is why this is written by hand.
 Grid rule (as RegNet): the transform domain is the image's index box (as SimpleITK's
 initializer sets it) per axis, split into ``n = round(N * spacing / grid_mm)`` cells, with
 ``n + 3`` coefficients.
+
+Physical axes: grid spacings are given per PHYSICAL axis (x, y, z mm) and the coefficients are
+drawn on a grid whose axes are the physical ones, then laid onto the index axes through the
+direction cosines (a permutation and flips). The domain is centred on the voxels, so a flipped
+index axis is exactly the coefficient array reversed: the same physical image stored with its
+array axes permuted or flipped gets the same physical field from the same seed. An oblique
+direction uses the physical axis each index axis runs closest to.
 """
 from __future__ import annotations
 
@@ -52,22 +59,53 @@ def transform_domain(size) -> tuple[np.ndarray, np.ndarray]:
     return np.full(3, -0.625), size + 0.25
 
 
+def physical_axes(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """For each index axis (x, y, z): the physical axis it runs along (closest, 0=x 1=y 2=z) and
+    its sign (+1 or -1). A permutation; if an oblique direction makes two index axes share one
+    physical axis, the index axes are used as they are."""
+    m = geometry.matrix
+    world = np.argmax(np.abs(m), axis=0)
+    if len(set(world.tolist())) != 3:
+        return np.arange(3), np.ones(3)
+    return world, np.sign(m[world, np.arange(3)])
+
+
 def grid_cells(geometry: Geometry, grid_spacing_mm) -> tuple[int, int, int]:
-    """Cells per axis (x, y, z): round(physical extent / grid spacing), at least 1."""
+    """Cells per index axis (x, y, z): round(physical extent / grid spacing of the physical axis
+    that index axis runs along), at least 1. ``grid_spacing_mm`` is (x, y, z) physical."""
+    world, _ = physical_axes(geometry)
     extent = np.asarray(geometry.size) * np.asarray(geometry.spacing)
-    return tuple(max(1, int(round(e / g))) for e, g in zip(extent, grid_spacing_mm))
+    grid = np.broadcast_to(np.asarray(grid_spacing_mm, float), (3,))
+    return tuple(max(1, int(round(e / grid[w]))) for e, w in zip(extent, world))
 
 
 def random_coefficients(geometry: Geometry, grid_spacing_mm, max_deform: float, border: int,
                         sigma, rng: np.random.Generator) -> np.ndarray:
-    """Coefficients (3, nz+3, ny+3, nx+3), components (x, y, z): U(-4M, 4M), border zeroed,
-    Gaussian-smoothed with ``sigma`` (coefficient units; one value or one per axis z, y, x),
-    border zeroed again."""
+    """Coefficients (3, nz+3, ny+3, nx+3) on the index axes, components (x, y, z): U(-4M, 4M),
+    border zeroed, Gaussian-smoothed with ``sigma`` (coefficient units; one value or one per
+    array axis z, y, x), border zeroed again. Drawn and smoothed on the physical axes, then
+    permuted and flipped onto the index axes (module docstring)."""
     nx, ny, nz = grid_cells(geometry, grid_spacing_mm)
+    world, sign = physical_axes(geometry)
+    cells = np.empty(3, int)
+    cells[world] = (nx, ny, nz)                      # cells per physical axis (x, y, z)
+    sigma_index = np.broadcast_to(np.asarray(sigma, float), (3,))[::-1]   # per index axis x, y, z
+    sigma_physical = np.empty(3)
+    sigma_physical[world] = sigma_index
+    physical = _draw(cells, max_deform, border, tuple(sigma_physical[::-1]), rng)
+    # physical array axes (Z, Y, X) -> index array axes (z, y, x): index axis k is physical axis world[k]
+    coeffs = np.transpose(physical, (0,) + tuple(1 + (2 - int(world[2 - a])) for a in range(3)))
+    flips = tuple(1 + (2 - k) for k in range(3) if sign[k] < 0)
+    return np.ascontiguousarray(np.flip(coeffs, flips) if flips else coeffs)
+
+
+def _draw(cells, max_deform: float, border: int, sigma, rng: np.random.Generator) -> np.ndarray:
+    """The random grid on the physical axes: (3, NZ+3, NY+3, NX+3) for ``cells`` = (NX, NY, NZ)."""
+    nx, ny, nz = (int(n) for n in cells)
     if border > 0 and min(nx, ny, nz) + 3 <= 2 * (border + 1):
-        warnings.warn(f"B-spline grid of {nx}x{ny}x{nz} cells (spacing {list(grid_spacing_mm)} mm on a "
-                      f"{geometry.size} grid) is too small for border {border}: the field is zero. "
-                      "Use a larger field of view or a smaller grid spacing.", stacklevel=2)
+        warnings.warn(f"B-spline grid of {nx}x{ny}x{nz} cells (along x, y, z) is too small for border "
+                      f"{border}: the field is zero. Use a larger field of view or a smaller grid spacing.",
+                      stacklevel=3)
     coeffs = rng.uniform(-4 * max_deform, 4 * max_deform, size=(3, nz + 3, ny + 3, nx + 3))
     for c in range(3):
         if border > 0:

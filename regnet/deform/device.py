@@ -41,6 +41,7 @@ from regnet.deform.device_field import (
 from regnet.deform.device_grid import (
     draw_bspline_coefficients,
 )
+from regnet.deform.sponge_rule import sponge_factor_weight
 from regnet.geometry import world_coordinate
 from regnet.seeding import rng_for
 
@@ -207,12 +208,13 @@ def synthetic_dvf(method: str, geometry, exp, number: int, rngs, **inputs):
 
 # ---------------------------------------------------------------- augmentations (regnet_spec.md 1.2, 1.5)
 def sponge(images, jacobian, torso, exp, rngs):
-    """Density follows the volume change: (HU + 1000) * clip(J) * U(Sponge_ScaleRange) - 1000 in the torso
-    (:func:`regnet.deform.augment.sponge`, one factor per sample)."""
+    """Density follows the volume change: (HU + 1000) * clip(J) * (1 + (U(Sponge_ScaleRange) - 1) w(HU)) - 1000
+    in the torso (:func:`regnet.deform.augment.sponge`, one factor per sample)."""
     factor = _per_sample([rng.uniform(*exp.Sponge_ScaleRange) for rng in rngs])
     j = ops.clip(as_float(jacobian), *exp.Sponge_JacobianClip)
     images = as_float(images)
-    return ops.where(as_float(torso) > 0, (images + 1000.0) * j * factor - 1000.0, images)
+    scale = 1.0 + (factor - 1.0) * sponge_factor_weight(images, ops.clip)
+    return ops.where(as_float(torso) > 0, (images + 1000.0) * j * scale - 1000.0, images)
 
 
 def noise(images, torso, sigma: float, average: float, rngs):

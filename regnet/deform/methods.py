@@ -11,6 +11,7 @@ divided them by ``stage``, which is the same on its ``stage``-mm isotropic grids
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import numpy as np
 import SimpleITK as sitk
@@ -294,4 +295,30 @@ def synthetic_dvf(method: str, geometry: Geometry, exp: DeformExp, number: int, 
                           "experiment, deform number and generator.")
     common = {"geometry": geometry, "exp": exp, "number": number, "rng": rng}
     parameters = inspect.signature(function).parameters
-    return function(**{k: v for k, v in common.items() if k in parameters}, **inputs)
+    dvf = function(**{k: v for k, v in common.items() if k in parameters}, **inputs)
+    warn_if_weak(dvf, method, exp, number)
+    return dvf
+
+
+def field_limit(method: str, exp: DeformExp, number: int) -> float | None:
+    """The largest |u_k| (mm) a method aims at (its normalisation limit); None where no floor makes
+    sense (zero; translation, whose axes are zero by design with ``Translation_ZeroProbability``)."""
+    m = exp.MaxDeform
+    return {"single_frequency": lambda: m * exp.SingleFrequency_MaxDeformRatio[number],
+            "mixed_frequency": lambda: m * exp.MixedFrequency_MaxDeformRatio,
+            "respiratory_motion": lambda: 1.2 * m * exp.RespiratoryMotion_MaxDeformRatio}.get(method, lambda: None)()
+
+
+#: A field whose max |u_k| is below this fraction of its limit is reported: training on it
+#: teaches nothing about the magnitudes the settings ask for (issue 15 item 5).
+WEAK_FIELD_FRACTION = 0.1
+
+
+def warn_if_weak(dvf: np.ndarray, method: str, exp: DeformExp, number: int) -> None:
+    limit = field_limit(method, exp, number)
+    peak = float(np.abs(dvf).max()) if dvf.size else 0.0
+    if limit and peak < WEAK_FIELD_FRACTION * limit:
+        warnings.warn(f"{method} (deform number {number}) gave a field of max |u| {peak:.2f} mm, below a tenth of "
+                      f"its limit {limit:.2f} mm (MaxDeform {exp.MaxDeform:g}): check the masks (an empty or tiny "
+                      "lung/torso) and, for mixed_frequency, that the image has edges Canny finds "
+                      f"(CannyLowerThreshold {exp.CannyLowerThreshold:g}).", RuntimeWarning, stacklevel=2)
