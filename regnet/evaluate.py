@@ -395,9 +395,26 @@ def _landmarks_for(path: Path, geometry, fmt, flip_z, which: str) -> np.ndarray:
         raise
 
 
+def write_evaluation(out, metrics: dict, errors: LandmarkErrors, dvf: sitk.Image, jac: np.ndarray,
+                     fixed: sitk.Image | None = None, moving: sitk.Image | None = None, figures: bool = True,
+                     started: float | None = None) -> Path:
+    """metrics.json, landmarks.csv, the figures and report.html into ``out``, replaced as a whole."""
+    from regnet.report import result_folder, write_evaluation_report
+
+    with result_folder(out) as tmp:
+        t0 = time.perf_counter()
+        metrics["figures"] = write_evaluation_report(tmp, metrics, errors, dvf, jac, fixed=fixed, moving=moving,
+                                                     figures=figures)
+        write_landmarks_csv(errors, tmp / "landmarks.csv")
+        metrics["seconds"]["figures_and_report"] = round(time.perf_counter() - t0, 3)
+        if started is not None:
+            metrics["seconds"]["total"] = round(time.perf_counter() - started, 3)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return Path(out)
+
+
 def evaluate_command(args) -> int:
     from regnet.io import read_image
-    from regnet.report import result_folder, write_evaluation_report
 
     started = time.perf_counter()
     dvf = load_dvf(args.dvf)
@@ -442,15 +459,8 @@ def evaluate_command(args) -> int:
         ("inverse", args.inverse), ("layout", args.layout), ("case", args.case))}
     if classes is not None:
         metrics["classes_mm"] = classes
-    with result_folder(args.out) as tmp:
-        t0 = time.perf_counter()
-        figures = write_evaluation_report(tmp, metrics, errors, dvf, jac, fixed=fixed_img, moving=moving_img,
-                                          figures=not args.no_figures)
-        write_landmarks_csv(errors, tmp / "landmarks.csv")
-        metrics["figures"] = figures
-        metrics["seconds"]["figures_and_report"] = round(time.perf_counter() - t0, 3)
-        metrics["seconds"]["total"] = round(time.perf_counter() - started, 3)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_evaluation(args.out, metrics, errors, dvf, jac, fixed_img, moving_img, figures=not args.no_figures,
+                     started=started)
     t, i = metrics["tre_mm"], metrics["initial_mm"]
     print(f"{metrics['pair']}: TRE {t['mean']:.2f} +- {t['std']:.2f} mm (median {t['median']:.2f}, "
           f"p95 {t['p95']:.2f}, max {t['max']:.2f}, n {t['n']}); initial {i['mean']:.2f} mm; "

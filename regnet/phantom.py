@@ -26,7 +26,7 @@ from regnet import RegNetError
 from regnet.deform.field import warp
 from regnet.figures import orthogonal_slices_png
 from regnet.geometry import Geometry
-from regnet.io import write_dvf, write_image
+from regnet.io import dvf_to_image, write_dvf, write_image
 from regnet.landmarks import write_landmarks
 from regnet.seeding import rng_for
 
@@ -407,6 +407,13 @@ def phantom_case(layout, cn, type_name: str) -> dict:
         return {k: ph[k] for k in ("image", "lung", "torso", "landmarks")}
     return {"image": ph["exhale_image"], "lung": ph["exhale_lung"], "torso": ph["exhale_torso"],
             "landmarks": ph["exhale_landmarks"]}
+
+
+def exhale_truth(layout, cn) -> sitk.Image:
+    """The known DVF of phantom case ``cn``'s exhale phase: on the T50 grid, pulling from T00
+    (``T50(x) = T00(x + u(x))``), so a registration of fixed T50 to moving T00 should find it."""
+    ph = _cached(spec_from_layout(layout, cn))
+    return dvf_to_image(ph["exhale_dvf"], ph["geometry"])
 
 
 # ---------------------------------------------------------------- command line

@@ -280,8 +280,10 @@ CAPTIONS = {
 }
 
 
-def evaluation_html(metrics: dict, figures: list[str]) -> str:
-    parts = ["<h2>Landmarks (mm)</h2>",
+def evaluation_html(metrics: dict, figures: list[str], *, title: str | None = None, intro=(), prefix: str = "") -> str:
+    """The evaluation page; ``intro``: HTML parts put first, ``prefix``: where the figures and files are
+    relative to the page (the demo's report.html sits one folder above its evaluation)."""
+    parts = [*intro, "<h2>Landmarks (mm)</h2>",
              _table(["", "mean", "std", "median", "p95", "max", "n"],
                     _stats_rows({"TRE": metrics["tre_mm"], "initial": metrics["initial_mm"]}))]
     axis = metrics["per_axis_mm"]
@@ -310,14 +312,14 @@ def evaluation_html(metrics: dict, figures: list[str]) -> str:
                   _table(["", "mean", "std", "median", "p95", "max", "n"], rows)]
     parts.append("<h2>Figures</h2>")
     for name in figures:
-        parts.append(f"<figure><img src=\"{html.escape(name)}\" alt=\"{html.escape(name)}\">"
+        parts.append(f"<figure><img src=\"{html.escape(prefix + name)}\" alt=\"{html.escape(name)}\">"
                      f"<figcaption>{html.escape(CAPTIONS.get(name, name))}</figcaption></figure>")
     settings = {"sampling": metrics.get("sampling"), "classes_mm": metrics.get("classes_mm"),
                 **(metrics.get("inputs") or {})}
     parts += ["<h2>Settings</h2>", _table(["setting", "value"], [[k, v] for k, v in settings.items() if v is not None]),
-              ("<p>Per-landmark values: <a href=\"landmarks.csv\">landmarks.csv</a>; all numbers: "
-              "<a href=\"metrics.json\">metrics.json</a>.</p>")]
-    return _page(f"Registration evaluation: {metrics.get('pair', '')}", parts)
+              (f"<p>Per-landmark values: <a href=\"{prefix}landmarks.csv\">landmarks.csv</a>; all numbers: "
+               f"<a href=\"{prefix}metrics.json\">metrics.json</a>.</p>")]
+    return _page(title or f"Registration evaluation: {metrics.get('pair', '')}", parts)
 
 
 # ------------------------------------------------------------------ compare

@@ -28,12 +28,25 @@ class Guard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def best_so_far(history) -> float:
+    """The lowest val_epe of earlier segments of this run (history.csv), so a resumed run keeps
+    ``model.keras`` until it really does better."""
+    import csv
+    from pathlib import Path
+
+    if not Path(history).is_file():
+        return math.inf
+    with open(history, newline="", encoding="utf-8") as fh:
+        values = [float(row["val_epe"]) for row in csv.DictReader(fh) if row.get("val_epe") not in (None, "")]
+    return min((v for v in values if math.isfinite(v)), default=math.inf)
+
+
 class BestModel(keras.callbacks.Callback):
     """Saves ``DIR/model.keras`` whenever the validation end-point error improves."""
 
     def __init__(self, trainer):
         super().__init__()
-        self.trainer, self.best = trainer, math.inf
+        self.trainer, self.best = trainer, best_so_far(trainer.out / "history.csv")
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get("val_epe")

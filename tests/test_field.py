@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 
 from regnet.deform.bspline import dense_field, grid_cells, random_coefficients
-from regnet.deform.field import compose, jacobian_determinant, magnitude, warp
+from regnet.deform.field import compose, invert, jacobian_determinant, magnitude, warp
 from regnet.geometry import Geometry
 from regnet.io import image_from_array
 
@@ -109,3 +109,17 @@ def test_warp_from_precomputed_coefficients_equals_plain_cubic_warp(rotated_imag
     fast = sitk.GetArrayFromImage(warp(rotated_image, u, "bspline", -5.0, reference=g,
                                        coefficients=bspline_coefficients(rotated_image)))
     np.testing.assert_allclose(fast, plain, atol=1e-5)
+
+
+def test_inverse_of_a_translation_is_its_negative_and_composes_to_zero_with_a_smooth_field():
+    reference = Geometry(size=(40, 36, 32), spacing=(2.0, 2.0, 2.5), origin=(0, 0, 0), direction=np.eye(3).ravel())
+    shift = np.zeros((32, 36, 40, 3), np.float32)
+    shift[...] = (1.3, 0.0, -2.0)
+    inner = (slice(5, -5),) * 3
+    np.testing.assert_allclose(invert(shift, reference)[inner], -shift[inner], atol=1e-5)
+    z, y, x = np.indices((32, 36, 40), dtype=float)
+    u = np.stack([2 * np.sin(x / 6), 1.5 * np.cos(y / 7), 3 * np.sin(z / 5 + x / 9)], -1).astype(np.float32)
+    v = invert(u, reference)
+    # v(x) + u(x + v(x)) = 0: mapping through v then u brings every point home
+    assert np.abs(compose(u, v, reference)[(slice(4, -4),) * 3]).max() < 1e-3
+    assert np.abs(v).max() > 2.5  # not trivially zero

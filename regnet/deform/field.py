@@ -14,7 +14,8 @@ from regnet import RegNetError
 from regnet.geometry import Geometry
 from regnet.io import INTERPOLATORS, dvf_to_image
 
-__all__ = ["warp", "warp_masks", "bspline_coefficients", "jacobian_determinant", "compose", "magnitude", "as_dvf_image"]
+__all__ = ["warp", "warp_masks", "bspline_coefficients", "jacobian_determinant", "compose", "invert", "magnitude",
+           "as_dvf_image"]
 
 
 def as_dvf_image(dvf, reference=None) -> sitk.Image:
@@ -148,6 +149,21 @@ def compose(u, v, reference=None) -> np.ndarray:
     v_img = as_dvf_image(v, reference if reference is not None else u_img)
     u_at = warp(sitk.Cast(u_img, sitk.sitkVectorFloat64), v_img, "linear", 0.0)
     return (sitk.GetArrayFromImage(u_at) + sitk.GetArrayViewFromImage(v_img)).astype(np.float32)
+
+
+def invert(u, reference=None, iterations: int = 50, tolerance_mm: float = 1e-3) -> np.ndarray:
+    """The inverse field on the same grid: ``v(x) = -u(x + v(x))``, so that composing the two gives
+    zero (up to ``tolerance_mm`` where the iteration converges; folded fields have no inverse).
+
+    SimpleITK's ``InvertDisplacementFieldImageFilter`` (fixed-point iteration, trilinear) does the work.
+    """
+    u_img = sitk.Cast(as_dvf_image(u, reference), sitk.sitkVectorFloat64)
+    f = sitk.InvertDisplacementFieldImageFilter()
+    f.SetMaximumNumberOfIterations(int(iterations))
+    f.SetMeanErrorToleranceThreshold(float(tolerance_mm) / 10.0)
+    f.SetMaxErrorToleranceThreshold(float(tolerance_mm))
+    f.SetEnforceBoundaryCondition(False)
+    return sitk.GetArrayFromImage(f.Execute(u_img)).astype(np.float32)
 
 
 def magnitude(dvf) -> np.ndarray:
