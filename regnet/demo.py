@@ -39,7 +39,7 @@ DEMO_SETTINGS = {
         "deform_exp": "3D_max20_D14_K",
         "TrainingCNList": [1, 2, 3, 4, 5, 6],
         "TrainingTypeImList": [0],
-        "TrainingDSmoothList": [0, 1, 4, 5],     # respiratory motion and single frequency, two draws each
+        "TrainingDSmoothList": [0, 1, 2, 3, 4, 5],  # respiratory motion (4 draws), single frequency (2)
         "ValidationCNList": [9],
         "ValidationTypeImList": [0],
         "ValidationDSmoothList": [0, 4],
@@ -49,12 +49,12 @@ DEMO_SETTINGS = {
     "R": 26, "Ry": 26,                           # whole images padded to 53^3 (unet1 sizes are 21 + 8k)
     "NetworkOptions": {"width": 0.25, "batch_norm": False},
     "NetworkTraining": {"NumberOfImagesPerChunk": 24, "SamplesPerImage": 1, "BatchSize": 4,
-                        "LearningRate": 3e-3, "MaxIterations": 500, "ValidationEvery": 50, "CheckpointEvery": 50},
+                        "LearningRate": 3e-3, "MaxIterations": 450, "ValidationEvery": 50, "CheckpointEvery": 50},
     "NetworkValidation": {"NumberOfImagesPerChunk": 2, "SamplesPerImage": 1, "BatchSize": 2},
     "Jobs": 2,
 }
 #: ``--quick``: the same run, fewer steps (a later full run continues from it).
-QUICK_STEPS = 150
+QUICK_STEPS = 100
 #: The held-out phantom case: not among the training or validation cases above.
 HELD_OUT_CASE = 10
 
