@@ -33,6 +33,13 @@ LUNG_HU = -400.0
 TRACHEA_RADIUS_MM = 9.0
 AIRWAY_MAX_AREA_MM2 = 700.0
 AIRWAY_MAX_OFFSET_MM = 30.0  # and runs near the mid-sagittal plane
+AIRWAY_CLEARANCE_MM = 4.5  # the trachea is told from the lungs' shaved rims this far from the opened lungs
+AIRWAY_STEP_HU = 20.0  # the airway's threshold rises in these steps from its lumen ...
+AIRWAY_MAX_ML = 150.0  # ... while it stays below this volume (trachea and bronchi: ~20-60 mL)
+AIRWAY_LUNG_PERCENTILE = 10.0  # ... up to this percentile of the opened lungs' HU
+AIRWAY_MAX_STEP_ML = 50.0  # ... and no step adds more (measured: <= 30 mL; a leak adds 70 mL to litres)
+MIN_PIECE_ML = 20.0  # smaller air pieces count as lung only when they hold part of an opened lung
+AIRWAY_WALL_MM = 3.0  # the airway's wall (partial-volume voxels around its lumen) goes with it
 PURE_AIR_HU = -980.0
 MAX_PURE_AIR_FRACTION = 0.15  # a trachea is at most ~25 mm across
 DARK_LUNG_MIN_ML = 300.0  # a dark (emphysema-like) air component this big in the upper body is lung
@@ -132,38 +139,101 @@ def lung_mask(image: sitk.Image, torso: sitk.Image | None = None) -> sitk.Image:
     air_arr = sitk.GetArrayViewFromImage(air).astype(bool)
     if not core_arr.any():
         return _like(np.zeros_like(air_arr), image)
-    # Residue = what the opening removed: lung corners and apices (give back) or the airway
-    # (drop): a narrow tube (< ~30 mm across) near the body's mid-line rising above the lungs.
-    residue = air_arr & ~core_arr
-    labels, n = ndimage.label(residue)
-    lungs = core_arr.copy()
-    if n:
-        g = Geometry.of(image)
-        other = tuple(a for a in range(3) if a != axis)
-        slices_with_lung = np.nonzero(np.any(core_arr, axis=other))[0]
-        cranial_up = g.matrix[2, 2 - axis] > 0
-        top = slices_with_lung.max() if cranial_up else slices_with_lung.min()
-        beyond = [slice(None)] * 3
-        beyond[axis] = slice(top + 1, None) if cranial_up else slice(0, top)
-        pixel_area = float(np.prod([s for i, s in enumerate(spacing) if 2 - i != axis]))
-        body_x = g.index_to_physical(np.asarray(ndimage.center_of_mass(sitk.GetArrayViewFromImage(torso)))[::-1])[0]
-        slab = labels[tuple(beyond)]
-        candidates = np.unique(slab[slab > 0])
-        centres = ndimage.center_of_mass(residue, labels, candidates) if len(candidates) else []
-        airway = []
-        for lab, centre in zip(candidates, centres):
-            per_slice = (slab == lab).sum(axis=other)
-            narrow = per_slice[per_slice > 0].mean() * pixel_area < AIRWAY_MAX_AREA_MM2
-            centre_x = g.index_to_physical(np.asarray(centre)[::-1])[0]
-            if narrow and abs(centre_x - body_x) < AIRWAY_MAX_OFFSET_MM:
-                airway.append(lab)  # the trachea leaving the thorax
-        lungs |= residue & ~np.isin(labels, airway)
+    # The airway leaves the lungs at the hilum, where it touches what the opening shaved off the
+    # lungs, so it is found by its own lumen: the trachea above the lungs is the seed, grown
+    # through air darker than a threshold raised step by step until it would leak into the
+    # parenchyma. Without it, the lungs are the air components that hold an opened lung.
+    airway = _airway(air_arr & ~core_arr, core, torso, image, axis)
+    wall = sitk.GetArrayFromImage(sitk.BinaryDilate(_like(airway, image), _ball(AIRWAY_WALL_MM, spacing),
+                                                    sitk.sitkBall)).astype(bool) & ~core_arr  # bronchi in lung stay
+    labels, n = ndimage.label(air_arr & ~wall)
+    index = np.arange(1, n + 1)
+    holds_core = np.isin(index, labels[core_arr & (labels > 0)])
+    # Lung pieces cut loose by a tight field of view (bases only) hold no opened lung; an
+    # airway left without a seed (apices outside the field of view) is a narrow mid-line tube.
+    big = np.bincount(labels.ravel(), minlength=n + 1)[1:] * _voxel_ml(image) >= MIN_PIECE_ML
+    loose = index[big & ~holds_core]
+    tubes = loose[_narrow_and_central(labels, loose, torso, image, axis)]
+    lungs = np.isin(labels, index[holds_core | big]) & ~np.isin(labels, tubes)
     # Lung_Filled: close small gaps and fill vessels slice by slice.
     lungs_img = _like(lungs, image)
     lungs_img = sitk.BinaryMorphologicalClosing(lungs_img, _ball(2.0, spacing), sitk.sitkBall)
     filled = _fill_holes_slicewise(sitk.GetArrayViewFromImage(lungs_img).astype(bool), axis)
     filled &= sitk.GetArrayViewFromImage(torso).astype(bool)
     return _like(filled, image)
+
+
+def _airway(residue: np.ndarray, core: sitk.Image, torso: sitk.Image, image: sitk.Image, axis: int) -> np.ndarray:
+    """The trachea and main bronchi as a bool array (empty when no trachea rises above the lungs).
+
+    Seed: air the opening removed (``residue``), more than AIRWAY_CLEARANCE_MM from the opened
+    lungs (there it parts from the lungs' shaved rims), in a narrow piece near the mid-line above
+    the lungs. Grown through air below a threshold that starts at the seed's own lumen and rises
+    in steps while the airway stays under AIRWAY_MAX_ML and no step adds more than
+    AIRWAY_MAX_STEP_ML: a leak into the parenchyma adds far more at once. Relative to the
+    lumen, so dark (emphysema-like) lungs work the same way."""
+    spacing = image.GetSpacing()
+    near_core = sitk.GetArrayFromImage(sitk.BinaryDilate(core, _ball(AIRWAY_CLEARANCE_MM, spacing), sitk.sitkBall))
+    far = residue & ~near_core.astype(bool)
+    g = Geometry.of(image)
+    other = tuple(a for a in range(3) if a != axis)
+    slices_with_lung = np.nonzero(np.any(sitk.GetArrayViewFromImage(core), axis=other))[0]
+    cranial_up = g.matrix[2, 2 - axis] > 0
+    top = slices_with_lung.max() if cranial_up else slices_with_lung.min()
+    beyond = [slice(None)] * 3
+    beyond[axis] = slice(top + 1, None) if cranial_up else slice(0, top)
+    above = np.zeros_like(far)
+    above[tuple(beyond)] = far[tuple(beyond)]
+    labels, n = ndimage.label(above)
+    tubes = _narrow_and_central(labels, np.arange(1, n + 1), torso, image, axis)
+    seed = np.isin(labels, np.arange(1, n + 1)[tubes])  # the trachea leaving the thorax
+    if not seed.any():
+        return seed
+    hu = sitk.GetArrayViewFromImage(image)
+    air = residue | sitk.GetArrayViewFromImage(core).astype(bool)
+    voxel_ml = _voxel_ml(image)
+
+    def grown(threshold: float) -> np.ndarray:
+        labels, _ = ndimage.label(air & (hu < threshold))
+        return np.isin(labels, np.unique(labels[seed & (labels > 0)])) | seed
+
+    # Never brighter than the darkest tenth of the opened lungs: textured parenchyma leaks slowly.
+    limit = min(LUNG_HU, float(np.percentile(hu[sitk.GetArrayViewFromImage(core) > 0], AIRWAY_LUNG_PERCENTILE)))
+    airway = seed
+    for threshold in np.arange(np.percentile(hu[seed], 10), limit + 1e-3, AIRWAY_STEP_HU):
+        candidate = grown(threshold)
+        total, added = candidate.sum() * voxel_ml, (candidate.sum() - airway.sum()) * voxel_ml
+        if total > AIRWAY_MAX_ML or added > AIRWAY_MAX_STEP_ML:
+            break  # leaked into the lungs: keep the previous step
+        airway = candidate
+    return airway
+
+
+def _narrow_and_central(labels: np.ndarray, which: np.ndarray, torso: sitk.Image, image: sitk.Image,
+                        axis: int) -> np.ndarray:
+    """For each label in ``which``: is it airway-like, i.e. under AIRWAY_MAX_AREA_MM2 per axial slice
+    on average and centred within AIRWAY_MAX_OFFSET_MM of the body's mid-sagittal plane?"""
+    if not len(which):
+        return np.zeros(0, bool)
+    g = Geometry.of(image)
+    spacing = image.GetSpacing()
+    other = tuple(a for a in range(3) if a != axis)
+    pixel_area = float(np.prod([s for i, s in enumerate(spacing) if 2 - i != axis]))
+    body_x = g.index_to_physical(np.asarray(ndimage.center_of_mass(sitk.GetArrayViewFromImage(torso)))[::-1])[0]
+    boxes = ndimage.find_objects(labels)
+    out = []
+    for lab in which:
+        inside = labels[boxes[lab - 1]] == lab
+        per_slice = inside.sum(axis=other)
+        narrow = per_slice[per_slice > 0].mean() * pixel_area < AIRWAY_MAX_AREA_MM2
+        centre = np.argwhere(inside).mean(axis=0) + [b.start for b in boxes[lab - 1]]
+        centre_x = g.index_to_physical(centre[::-1])[0]
+        out.append(narrow and abs(centre_x - body_x) < AIRWAY_MAX_OFFSET_MM)
+    return np.asarray(out, bool)
+
+
+def _voxel_ml(image: sitk.Image) -> float:
+    return float(np.prod(image.GetSpacing())) / 1000.0
 
 
 def _lung_like_components(air: sitk.Image, image: sitk.Image) -> sitk.Image:
