@@ -31,9 +31,12 @@ CLI_HELP = "compute lung and torso masks from a CT (open, automatic); --png writ
 BODY_HU = -400.0
 LUNG_HU = -400.0
 TRACHEA_RADIUS_MM = 9.0
+VESSEL_RADIUS_MM = 3.0  # vessels are closed with this ball before the opening
 AIRWAY_MAX_AREA_MM2 = 700.0
 AIRWAY_MAX_OFFSET_MM = 30.0  # and runs near the mid-sagittal plane
 AIRWAY_CLEARANCE_MM = 4.5  # the trachea is told from the lungs' shaved rims this far from the opened lungs
+AIRWAY_SEED_SLAB_MM = 15.0  # a trachea entering at the volume's top is looked for in this slab
+AIRWAY_LUMEN_PERCENTILE = 2.0  # ... and, if it touches an apex, by its lumen darker than this lung percentile
 AIRWAY_STEP_HU = 20.0  # the airway's threshold rises in these steps from its lumen ...
 AIRWAY_MAX_ML = 150.0  # ... while it stays below this volume (trachea and bronchi: ~20-60 mL)
 AIRWAY_LUNG_PERCENTILE = 10.0  # ... up to this percentile of the opened lungs' HU
@@ -129,8 +132,10 @@ def lung_mask(image: sitk.Image, torso: sitk.Image | None = None) -> sitk.Image:
     air = _lung_like_components(air, image)
     # Opening removes tubes thinner than the ball (trachea, main bronchi); keep the big parts.
     radius = _ball(TRACHEA_RADIUS_MM, spacing)
+    # Vessels closed first: in a vessel-rich (contrast) lung the ball would not fit between them.
+    closed = sitk.BinaryMorphologicalClosing(air, _ball(VESSEL_RADIUS_MM, spacing), sitk.sitkBall)
     # Mirror-pad so lungs cut by a tight field of view are not eaten from the volume's walls.
-    padded = sitk.MirrorPad(air, radius, radius)
+    padded = sitk.MirrorPad(closed, radius, radius)
     core = sitk.BinaryMorphologicalOpening(padded, radius, sitk.sitkBall)
     core = sitk.Crop(core, radius, radius)
     core.CopyInformation(air)
@@ -145,7 +150,8 @@ def lung_mask(image: sitk.Image, torso: sitk.Image | None = None) -> sitk.Image:
     # parenchyma. Without it, the lungs are the air components that hold an opened lung.
     airway = _airway(air_arr & ~core_arr, core, torso, image, axis)
     wall = sitk.GetArrayFromImage(sitk.BinaryDilate(_like(airway, image), _ball(AIRWAY_WALL_MM, spacing),
-                                                    sitk.sitkBall)).astype(bool) & ~core_arr  # bronchi in lung stay
+                                                    sitk.sitkBall)).astype(bool)
+    wall = airway | (wall & ~core_arr)  # the wall goes only outside the opened lungs
     labels, n = ndimage.label(air_arr & ~wall)
     index = np.arange(1, n + 1)
     holds_core = np.isin(index, labels[core_arr & (labels > 0)])
@@ -164,14 +170,15 @@ def lung_mask(image: sitk.Image, torso: sitk.Image | None = None) -> sitk.Image:
 
 
 def _airway(residue: np.ndarray, core: sitk.Image, torso: sitk.Image, image: sitk.Image, axis: int) -> np.ndarray:
-    """The trachea and main bronchi as a bool array (empty when no trachea rises above the lungs).
+    """The trachea and main bronchi as a bool array (empty when no trachea is found).
 
     Seed: air the opening removed (``residue``), more than AIRWAY_CLEARANCE_MM from the opened
     lungs (there it parts from the lungs' shaved rims), in a narrow piece near the mid-line above
-    the lungs. Grown through air below a threshold that starts at the seed's own lumen and rises
-    in steps while the airway stays under AIRWAY_MAX_ML and no step adds more than
-    AIRWAY_MAX_STEP_ML: a leak into the parenchyma adds far more at once. Relative to the
-    lumen, so dark (emphysema-like) lungs work the same way."""
+    the lungs (or near the volume's top when the field of view cuts the apices). Grown through
+    air below a threshold that starts at the seed's own lumen and rises in steps while the
+    airway stays under AIRWAY_MAX_ML and no step adds more than AIRWAY_MAX_STEP_ML (a leak into
+    the parenchyma adds far more at once), never above the darkest tenth of the opened lungs.
+    Relative to the image's own HU, so dark (emphysema-like) lungs work the same way."""
     spacing = image.GetSpacing()
     near_core = sitk.GetArrayFromImage(sitk.BinaryDilate(core, _ball(AIRWAY_CLEARANCE_MM, spacing), sitk.sitkBall))
     far = residue & ~near_core.astype(bool)
@@ -179,17 +186,28 @@ def _airway(residue: np.ndarray, core: sitk.Image, torso: sitk.Image, image: sit
     other = tuple(a for a in range(3) if a != axis)
     slices_with_lung = np.nonzero(np.any(sitk.GetArrayViewFromImage(core), axis=other))[0]
     cranial_up = g.matrix[2, 2 - axis] > 0
-    top = slices_with_lung.max() if cranial_up else slices_with_lung.min()
+    # Above the lungs; where they reach the volume's top, the top AIRWAY_SEED_SLAB_MM of it.
+    slab = int(round(AIRWAY_SEED_SLAB_MM / spacing[2 - axis]))
+    if cranial_up:
+        top = min(slices_with_lung.max(), far.shape[axis] - 1 - slab)
+    else:
+        top = max(slices_with_lung.min(), slab)
     beyond = [slice(None)] * 3
     beyond[axis] = slice(top + 1, None) if cranial_up else slice(0, top)
     above = np.zeros_like(far)
     above[tuple(beyond)] = far[tuple(beyond)]
-    labels, n = ndimage.label(above)
-    tubes = _narrow_and_central(labels, np.arange(1, n + 1), torso, image, axis)
-    seed = np.isin(labels, np.arange(1, n + 1)[tubes])  # the trachea leaving the thorax
-    if not seed.any():
-        return seed
     hu = sitk.GetArrayViewFromImage(image)
+    lung_hu = hu[sitk.GetArrayViewFromImage(core) > 0]
+    # The trachea may touch an apex through a wall thinner than a voxel: then only its lumen,
+    # darker than nearly all of the lungs, stands apart.
+    for candidates in (above, above & (hu < np.percentile(lung_hu, AIRWAY_LUMEN_PERCENTILE))):
+        labels, n = ndimage.label(candidates)
+        tubes = _narrow_and_central(labels, np.arange(1, n + 1), torso, image, axis)
+        seed = np.isin(labels, np.arange(1, n + 1)[tubes])  # the trachea leaving the thorax
+        if seed.any():
+            break
+    else:
+        return seed
     air = residue | sitk.GetArrayViewFromImage(core).astype(bool)
     voxel_ml = _voxel_ml(image)
 
@@ -198,7 +216,7 @@ def _airway(residue: np.ndarray, core: sitk.Image, torso: sitk.Image, image: sit
         return np.isin(labels, np.unique(labels[seed & (labels > 0)])) | seed
 
     # Never brighter than the darkest tenth of the opened lungs: textured parenchyma leaks slowly.
-    limit = min(LUNG_HU, float(np.percentile(hu[sitk.GetArrayViewFromImage(core) > 0], AIRWAY_LUNG_PERCENTILE)))
+    limit = min(LUNG_HU, float(np.percentile(lung_hu, AIRWAY_LUNG_PERCENTILE)))
     airway = seed
     for threshold in np.arange(np.percentile(hu[seed], 10), limit + 1e-3, AIRWAY_STEP_HU):
         candidate = grown(threshold)
