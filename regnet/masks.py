@@ -151,7 +151,9 @@ def lung_mask(image: sitk.Image, torso: sitk.Image | None = None) -> sitk.Image:
     airway = _airway(air_arr & ~core_arr, core, torso, image, axis)
     wall = sitk.GetArrayFromImage(sitk.BinaryDilate(_like(airway, image), _ball(AIRWAY_WALL_MM, spacing),
                                                     sitk.sitkBall)).astype(bool)
-    wall = airway | (wall & ~core_arr)  # the wall goes only outside the opened lungs
+    # ... but not deep inside the opened lungs, where the lumen may have crept into the parenchyma.
+    deep = sitk.GetArrayFromImage(sitk.BinaryErode(core, _ball(AIRWAY_CLEARANCE_MM, spacing), sitk.sitkBall))
+    wall = airway | (wall & ~deep.astype(bool))
     labels, n = ndimage.label(air_arr & ~wall)
     index = np.arange(1, n + 1)
     holds_core = np.isin(index, labels[core_arr & (labels > 0)])
