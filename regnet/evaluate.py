@@ -465,6 +465,10 @@ def evaluate_command(args) -> int:
     print(f"{metrics['pair']}: TRE {t['mean']:.2f} +- {t['std']:.2f} mm (median {t['median']:.2f}, "
           f"p95 {t['p95']:.2f}, max {t['max']:.2f}, n {t['n']}); initial {i['mean']:.2f} mm; "
           f"folding {metrics['jacobian']['folding_percent']:.3f} %, SDlogJ {metrics['jacobian']['sdlogj']:.3f}")
+    if "dvf_error_mm" in metrics:
+        d = metrics["dvf_error_mm"]
+        print(f"  DVF end-point error against --truth {d['mean']:.2f} +- {d['std']:.2f} mm (median {d['median']:.2f}, "
+              f"p95 {d['p95']:.2f}, {d['n']} voxels" + (" in --mask)" if args.mask else ")"))
     if metrics["landmarks"]["outside_dvf"]:
         print(f"  {len(metrics['landmarks']['outside_dvf'])} landmark(s) outside the DVF grid were excluded: "
               + outside_report(errors.fixed, errors.inside, Geometry.of(dvf)))

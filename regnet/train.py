@@ -192,7 +192,8 @@ class Trainer:
                     validate = (step + n) % every == 0 or step + n == total
                     model.fit(train, steps_per_epoch=n, epochs=epoch + 1, initial_epoch=epoch,
                               validation_data=val if validate else None, callbacks=callbacks,
-                              verbose=1 if self.progress else 0)
+                              verbose=1 if self.progress else 0,
+                              shuffle=False)  # the reader shuffles (seeded); Keras' own flag only warns
                     if callbacks[0].failed_step is not None:
                         raise RegNetError(f"the loss became NaN or infinite at step {callbacks[0].failed_step}; "
                                           f"training stopped; the last good checkpoint (step {self.last_step()}) "
