@@ -23,8 +23,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from regnet import RegNetError
 from regnet.files import write_json_atomic
 from regnet.settings import Settings, load_settings
@@ -146,24 +144,6 @@ def training_curve_png(history: list[dict], every: int, zero_epe: float | None, 
     return path.name
 
 
-def validation_zero_error(settings: Settings) -> float:
-    """Mean |u| over the validation pairs' full-image inputs (zero padding counted as the reader
-    pads): what ``val_epe`` would be for a network that predicts nothing."""
-    import SimpleITK as sitk
-
-    from regnet.store import PairStore, tasks
-
-    store = PairStore(settings)
-    _, pairs = tasks(settings, ("Validation",))
-    r, _ = settings.patch_radii()
-    total, count = 0.0, 0
-    for pair in pairs:
-        u = sitk.GetArrayFromImage(sitk.ReadImage(str(store.files(pair).dvf)))
-        total += float(np.sqrt((u.astype(np.float64) ** 2).sum(-1)).sum())
-        count += (2 * r + 1) ** 3
-    return total / max(count, 1)
-
-
 class Clock:
     def __init__(self):
         self.seconds = {}
@@ -186,7 +166,7 @@ def run_demo(out, values: dict | None = None, steps: int | None = None, progress
     from regnet.evaluate import evaluate, write_evaluation
     from regnet.generate import run as generate
     from regnet.register import register
-    from regnet.train import Trainer
+    from regnet.train import Trainer, last_validation
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -239,7 +219,7 @@ def run_demo(out, values: dict | None = None, steps: int | None = None, progress
 
     say("[5/5] report")
     history = _history(trainer.out)
-    zero_val = validation_zero_error(settings)
+    zero_val = last_validation(trainer.out / "history.csv").get("val_zero_epe")
     record = {
         "settings": str(trainer.out / "settings.json"), "model": str(model),
         "held_out_case": case, "steps": summary["steps"], "steps_this_run": trained,
@@ -311,7 +291,7 @@ def write_report(out: Path, record: dict, metrics: dict, curve: str | None, sett
         f"<p>Folding: {record['folding_percent']:.3f} % of the lung. Training: {record['steps']} steps of "
         f"{html.escape(settings.NetworkDesign)} (stage {settings.stage}); best validation end-point error "
         f"{record['validation']['best_epe_mm'] or float('nan'):.3f} mm against "
-        f"{record['validation']['zero_prediction_epe_mm']:.3f} mm for a zero prediction.</p>",
+        f"{record['validation']['zero_prediction_epe_mm'] or float('nan'):.3f} mm for a zero prediction.</p>",
     ]
     if curve:
         intro.append(f"<figure><img src=\"{curve}\" alt=\"training curve\"><figcaption>Validation end-point error "

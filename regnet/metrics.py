@@ -46,8 +46,18 @@ class EndPointError(keras.metrics.Metric):
         return {**super().get_config(), "low": self.low, "high": self.high}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ZeroPredictionError(EndPointError):
+    """What :class:`EndPointError` would be for a network that predicts u = 0 (mean |u_true|): the
+    baseline every end-point error should be read against, measured on the same batches."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        super().update_state(y_true, ops.zeros_like(y_true), sample_weight)
+
+
 def class_metrics(thresholds) -> list[EndPointError]:
-    """EPE overall, then one per class of :func:`regnet.deform.field.magnitude_class_edges`
-    (names epe, epe_c0, epe_c1, ...): the classes the reader balances."""
-    return [EndPointError(name="epe")] + [EndPointError(lo, None if math.isinf(hi) else hi, name=f"epe_c{k}")
-                                          for k, (lo, hi) in enumerate(magnitude_class_edges(thresholds))]
+    """EPE overall, the zero prediction's (``zero_epe``), then one per class of
+    :func:`regnet.deform.field.magnitude_class_edges` (epe_c0, epe_c1, ...): the classes the reader balances."""
+    classes = [EndPointError(lo, None if math.isinf(hi) else hi, name=f"epe_c{k}")
+               for k, (lo, hi) in enumerate(magnitude_class_edges(thresholds))]
+    return [EndPointError(name="epe"), ZeroPredictionError(name="zero_epe"), *classes]

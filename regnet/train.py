@@ -213,6 +213,17 @@ class Trainer:
                 "best_val_epe": callbacks[1].best}
 
 
+def last_validation(history) -> dict:
+    """The last validation row of a history.csv (numbers), {} when there is none."""
+    import csv
+
+    if not Path(history).is_file():
+        return {}
+    with open(history, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("val_epe")]
+    return {k: float(v) for k, v in rows[-1].items() if v} if rows else {}
+
+
 def train(settings, out, max_steps: int | None = None, force: bool = False, progress: bool = True) -> dict:
     """Train (or resume) in ``out``; the Python face of ``regnet train``."""
     return Trainer(settings, out, force=force, progress=progress).run(max_steps)
@@ -234,6 +245,9 @@ def train_command(args) -> int:
         generate(settings, jobs=settings.Jobs)
     summary = train(settings, args.out, max_steps=args.steps, force=args.force)
     best = summary.get("best_val_epe")
+    zero = last_validation(Path(summary["out"]) / "history.csv").get("val_zero_epe")
     print(f"trained to step {summary['steps']} in {summary['seconds']:.0f} s; best model {summary['out']}/model.keras"
-          + (f" (validation end-point error {best:.3f} mm)" if best is not None and math.isfinite(best) else ""))
+          + (f" (validation end-point error {best:.3f} mm" if best is not None and math.isfinite(best) else "")
+          + (f"; predicting zero gives {zero:.3f} mm)" if best is not None and math.isfinite(best) and zero else
+             (")" if best is not None and math.isfinite(best) else "")))
     return 0
