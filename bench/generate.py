@@ -52,6 +52,7 @@ def run():
     return dict(steps)
 if args["profile"]:
     import cProfile, pstats, io
+    os.cpu_count = lambda: 1  # one thread everywhere (the job sizes SimpleITK by it): profile time ~ CPU time
     prof = cProfile.Profile()
     steps = prof.runcall(run)
     s = io.StringIO()
@@ -123,6 +124,8 @@ def run_child(folder: Path, dsmooth: int, profile: int) -> dict:
                 "DataFolder": str(folder / "data"), "OutputFolder": str(folder / f"out{dsmooth}"), "stage": 1}
     shutil.rmtree(folder / f"out{dsmooth}", ignore_errors=True)  # cold: nothing made before
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    if profile:
+        env["NUMBA_NUM_THREADS"] = "1"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps({"settings": settings, "profile": profile})],
@@ -151,7 +154,8 @@ def main():
                         help="3D_max7_D14_K dsmooth numbers (0 respiratory, 4 SF, 9 MF, 13 zero)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the prepared grid here and reuse it on the next run (default: a temporary folder)")
-    parser.add_argument("--profile", type=int, default=0, help="cProfile the child: print the top N functions")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="cProfile the child on one thread (times ~ CPU s): print the top N functions")
     args = parser.parse_args()
     if not args.image.exists():
         raise SystemExit(f"{args.image} not found: pass --image with a chest CT in HU")

@@ -27,7 +27,7 @@ from regnet.deform.field import bspline_coefficients, jacobian_determinant, magn
 from regnet.deform.methods import inputs_of, synthetic_dvf
 from regnet.files import remove_stale_temporaries, write_json_atomic
 from regnet.geometry import Geometry
-from regnet.io import dvf_to_image, image_from_array, resample_isotropic, write_dvf, write_image
+from regnet.io import dvf_to_image, image_from_array, isotropic_geometry, resample_to_geometry, write_dvf, write_image
 from regnet.masks import compute_masks
 from regnet.seeding import rng_for
 from regnet.settings import Settings, load_settings
@@ -63,15 +63,31 @@ def prepare_image(image: ImageId, store: PairStore) -> Path:
         torso = torso if torso is not None else computed["torso"]
     default = layout.default_pixel_value
     spacing = float(image.stage)
-    on_grid = resample_isotropic(original, spacing, "bspline", default)
     # CT stays Int16 as RegNet's files; anything else (e.g. normalised MR) is kept as Float32
     is_float = original.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
-    on_grid = sitk.Cast(on_grid, sitk.sitkFloat32 if is_float else sitk.sitkInt16)
-    write_image(resample_isotropic(sitk.Cast(lung, sitk.sitkUInt8), spacing, "nearest"), out / "Lung.mha")
+    on_grid = on_stage_grid(original, spacing, "bspline", default, sitk.sitkFloat32 if is_float else sitk.sitkInt16)
+    write_image(on_stage_grid(lung, spacing, "nearest", 0, sitk.sitkUInt8), out / "Lung.mha")
     write_image(on_grid, out / "Image.mha")
     # the torso last: its presence marks a complete set
-    write_image(resample_isotropic(sitk.Cast(torso, sitk.sitkUInt8), spacing, "nearest"), out / "Torso.mha")
+    write_image(on_stage_grid(torso, spacing, "nearest", 0, sitk.sitkUInt8), out / "Torso.mha")
     return out
+
+
+def on_stage_grid(image: sitk.Image, spacing: float, interpolator: str, default: float, pixel_id: int) -> sitk.Image:
+    """``image`` on the ``spacing`` mm isotropic grid, in ``pixel_id``. An image already on that
+    grid is only cast (bitwise unchanged when the type matches): resampling it would cost seconds
+    and move nothing. Integer results are rounded and clipped, never truncated toward zero."""
+    target = isotropic_geometry(Geometry.of(image), spacing)
+    if not Geometry.of(image).close_to(target, tol=1e-6):
+        work = image if interpolator == "nearest" else sitk.Cast(image, sitk.sitkFloat32)
+        image = resample_to_geometry(work, target, interpolator, default)
+    if image.GetPixelID() == pixel_id:
+        return image
+    if pixel_id not in (sitk.sitkFloat32, sitk.sitkFloat64) and image.GetPixelID() in (sitk.sitkFloat32,
+                                                                                        sitk.sitkFloat64):
+        info = np.iinfo(sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).dtype)
+        image = sitk.Clamp(sitk.Round(image), image.GetPixelID(), float(info.min), float(info.max))
+    return sitk.Cast(image, pixel_id)
 
 
 def _case(cn: str, layout):

@@ -122,29 +122,30 @@ def _kernels():
                     cx = a[0, 0] * x + a[0, 1] * y + a[0, 2] * z + b[0] + m[0, 0] * ux + m[0, 1] * uy + m[0, 2] * uz
                     cy = a[1, 0] * x + a[1, 1] * y + a[1, 2] * z + b[1] + m[1, 0] * ux + m[1, 1] * uy + m[1, 2] * uz
                     cz = a[2, 0] * x + a[2, 1] * y + a[2, 2] * z + b[2] + m[2, 0] * ux + m[2, 1] * uy + m[2, 2] * uz
-                    if not (-0.5 <= cx < nx - 0.5 and -0.5 <= cy < ny - 0.5 and -0.5 <= cz < nz - 0.5):
+                    inside = -0.5 <= cx < nx - 0.5 and -0.5 <= cy < ny - 0.5 and -0.5 <= cz < nz - 0.5
+                    if not inside:
                         out[z, y, x] = default
-                        continue
-                    fx = math.floor(cx)
-                    fy = math.floor(cy)
-                    fz = math.floor(cz)
-                    weights(cx - fx, wx)
-                    weights(cy - fy, wy)
-                    weights(cz - fz, wz)
-                    for k in range(4):
-                        ix[k] = mirror(int(fx) - 1 + k, nx)
-                        iy[k] = mirror(int(fy) - 1 + k, ny)
-                        iz[k] = mirror(int(fz) - 1 + k, nz)
-                    total = 0.0
-                    for i in range(4):
-                        plane = 0.0
-                        for j in range(4):
-                            row = 0.0
-                            for k in range(4):
-                                row += wx[k] * coef[iz[i], iy[j], ix[k]]
-                            plane += wy[j] * row
-                        total += wz[i] * plane
-                    out[z, y, x] = total
+                    else:
+                        fx = math.floor(cx)
+                        fy = math.floor(cy)
+                        fz = math.floor(cz)
+                        weights(cx - fx, wx)
+                        weights(cy - fy, wy)
+                        weights(cz - fz, wz)
+                        for k in range(4):
+                            ix[k] = mirror(int(fx) - 1 + k, nx)
+                            iy[k] = mirror(int(fy) - 1 + k, ny)
+                            iz[k] = mirror(int(fz) - 1 + k, nz)
+                        total = 0.0
+                        for i in range(4):
+                            plane = 0.0
+                            for j in range(4):
+                                row = 0.0
+                                for k in range(4):
+                                    row += wx[k] * coef[iz[i], iy[j], ix[k]]
+                                plane += wy[j] * row
+                            total += wz[i] * plane
+                        out[z, y, x] = total
 
     @njit(parallel=True, cache=True)
     def warp_nearest(labels, field, a, b, m, out):
