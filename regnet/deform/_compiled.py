@@ -1,0 +1,183 @@
+"""The Numba kernels of :mod:`regnet.deform.kernels`, at module level so that Numba's on-disk cache
+(``cache=True``) is hit by every fresh process (functions defined inside a function close over
+dispatchers, whose pickled form differs per process, and would be compiled again each time).
+Imported only when a kernel is first needed: importing Numba costs ~0.3 s."""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+CHUNK = 512  # columns per task of the row-vectorised recursion
+
+
+@njit(parallel=True, cache=True)
+def filter_middle(c, pole, horizon):
+    """ITK's cubic B-spline decomposition along axis 1 of c (A, N, B), in place, mirror boundary.
+
+    Rows of B values are updated together (contiguous, vectorised); tasks are (a, chunk of B)."""
+    n_a, n, n_b = c.shape
+    chunks = (n_b + CHUNK - 1) // CHUNK
+    gain = (1.0 - pole) * (1.0 - 1.0 / pole)
+    for task in prange(n_a * chunks):
+        a = task // chunks
+        b0 = (task % chunks) * CHUNK
+        b1 = min(n_b, b0 + CHUNK)
+        for k in range(n):
+            for b in range(b0, b1):
+                c[a, k, b] *= gain
+        # causal initialisation
+        if horizon < n:
+            for b in range(b0, b1):
+                zn = pole
+                s = c[a, 0, b] * 1.0
+                for k in range(1, horizon):
+                    s += zn * c[a, k, b]
+                    zn *= pole
+                c[a, 0, b] = s
+        else:
+            for b in range(b0, b1):
+                zn = pole
+                iz = 1.0 / pole
+                z2n = pole ** (n - 1)
+                s = c[a, 0, b] + z2n * c[a, n - 1, b]
+                z2n *= z2n * iz
+                for k in range(1, n - 1):
+                    s += (zn + z2n) * c[a, k, b]
+                    zn *= pole
+                    z2n *= iz
+                c[a, 0, b] = s / (1.0 - zn * zn)
+        for k in range(1, n):
+            for b in range(b0, b1):
+                c[a, k, b] += pole * c[a, k - 1, b]
+        for b in range(b0, b1):
+            c[a, n - 1, b] = (pole / (pole * pole - 1.0)) * (pole * c[a, n - 2, b] + c[a, n - 1, b])
+        for k in range(n - 2, -1, -1):
+            for b in range(b0, b1):
+                c[a, k, b] = pole * (c[a, k + 1, b] - c[a, k, b])
+
+@njit(inline="always")
+def mirror(k, n):
+    """ITK's mirror boundary for a tap index (one fold suffices: taps lie within 2 of the data)."""
+    if k < 0:
+        k = -k
+    if k > n - 1:
+        k = 2 * (n - 1) - k
+    return min(max(k, 0), n - 1)  # only for images of 1 or 2 voxels along an axis
+
+
+@njit(inline="always", fastmath=True)
+def row(coef, z, y, x0, x1, x2, x3, w0, w1, w2, w3):
+    return w0 * coef[z, y, x0] + w1 * coef[z, y, x1] + w2 * coef[z, y, x2] + w3 * coef[z, y, x3]
+
+
+@njit(inline="always", fastmath=True)
+def plane(coef, z, y0, y1, y2, y3, x0, x1, x2, x3, wx0, wx1, wx2, wx3, wy0, wy1, wy2, wy3):
+    return (wy0 * row(coef, z, y0, x0, x1, x2, x3, wx0, wx1, wx2, wx3)
+            + wy1 * row(coef, z, y1, x0, x1, x2, x3, wx0, wx1, wx2, wx3)
+            + wy2 * row(coef, z, y2, x0, x1, x2, x3, wx0, wx1, wx2, wx3)
+            + wy3 * row(coef, z, y3, x0, x1, x2, x3, wx0, wx1, wx2, wx3))
+
+
+@njit(inline="always")
+def cubic_weights(t):
+    """The four cubic B-spline weights at fraction t in [0, 1) of the cell (taps floor-1 .. floor+2)."""
+    s = 1.0 - t
+    t2 = t * t
+    t3 = t2 * t
+    return (np.float32(s * s * s / 6.0), np.float32((4.0 - 6.0 * t2 + 3.0 * t3) / 6.0),
+            np.float32((1.0 + 3.0 * (t + t2 - t3)) / 6.0), np.float32(t3 / 6.0))
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def warp_cubic(coef, field, a, b, m, default, out):
+    """out[z, y, x] = spline(coef)(A i + b + M u(i)), i = (x, y, z); default outside [-0.5, N - 0.5).
+    Four weights per axis per voxel (float32, as the coefficients: ~1e-4 HU), 64 taps; mirrored taps only
+    near the border. fastmath: the sums may be reordered (vectorised); a NaN field is not supported."""
+    nz, ny, nx = coef.shape
+    oz, oy, ox = out.shape
+    for zz in prange(oz):
+        z = np.int64(zz)
+        for y in range(oy):
+            bx = a[0, 1] * y + a[0, 2] * z + b[0]
+            by = a[1, 1] * y + a[1, 2] * z + b[1]
+            bz = a[2, 1] * y + a[2, 2] * z + b[2]
+            for x in range(ox):
+                ux = np.float64(field[z, y, x, 0])
+                uy = np.float64(field[z, y, x, 1])
+                uz = np.float64(field[z, y, x, 2])
+                cx = a[0, 0] * x + bx + m[0, 0] * ux + m[0, 1] * uy + m[0, 2] * uz
+                cy = a[1, 0] * x + by + m[1, 0] * ux + m[1, 1] * uy + m[1, 2] * uz
+                cz = a[2, 0] * x + bz + m[2, 0] * ux + m[2, 1] * uy + m[2, 2] * uz
+                if not (-0.5 <= cx < nx - 0.5 and -0.5 <= cy < ny - 0.5 and -0.5 <= cz < nz - 0.5):
+                    out[z, y, x] = default
+                else:
+                    fx = math.floor(cx)
+                    fy = math.floor(cy)
+                    fz = math.floor(cz)
+                    wx0, wx1, wx2, wx3 = cubic_weights(cx - fx)
+                    wy0, wy1, wy2, wy3 = cubic_weights(cy - fy)
+                    wz0, wz1, wz2, wz3 = cubic_weights(cz - fz)
+                    x0 = int(fx) - 1
+                    y0 = int(fy) - 1
+                    z0 = int(fz) - 1
+                    if x0 >= 0 and y0 >= 0 and z0 >= 0 and x0 + 3 < nx and y0 + 3 < ny and z0 + 3 < nz:
+                        x1, x2, x3, y1, y2, y3, z1, z2, z3 = x0 + 1, x0 + 2, x0 + 3, y0 + 1, y0 + 2, y0 + 3, \
+                            z0 + 1, z0 + 2, z0 + 3
+                    else:
+                        x1, x2, x3 = mirror(x0 + 1, nx), mirror(x0 + 2, nx), mirror(x0 + 3, nx)
+                        y1, y2, y3 = mirror(y0 + 1, ny), mirror(y0 + 2, ny), mirror(y0 + 3, ny)
+                        z1, z2, z3 = mirror(z0 + 1, nz), mirror(z0 + 2, nz), mirror(z0 + 3, nz)
+                        x0, y0, z0 = mirror(x0, nx), mirror(y0, ny), mirror(z0, nz)
+                    out[z, y, x] = (
+                        wz0 * plane(coef, z0, y0, y1, y2, y3, x0, x1, x2, x3, wx0, wx1, wx2, wx3, wy0, wy1, wy2, wy3)
+                        + wz1 * plane(coef, z1, y0, y1, y2, y3, x0, x1, x2, x3, wx0, wx1, wx2, wx3, wy0, wy1, wy2, wy3)
+                        + wz2 * plane(coef, z2, y0, y1, y2, y3, x0, x1, x2, x3, wx0, wx1, wx2, wx3, wy0, wy1, wy2, wy3)
+                        + wz3 * plane(coef, z3, y0, y1, y2, y3, x0, x1, x2, x3, wx0, wx1, wx2, wx3, wy0, wy1, wy2, wy3))
+
+
+@njit(parallel=True, cache=True)
+def warp_nearest(labels, field, a, b, m, out):
+    """out[z, y, x] = labels at the nearest voxel of A i + b + M u(i) (half up); 0 outside."""
+    nz, ny, nx = labels.shape
+    oz, oy, ox = out.shape
+    for z in prange(oz):
+        for y in range(oy):
+            for x in range(ox):
+                ux = field[z, y, x, 0]
+                uy = field[z, y, x, 1]
+                uz = field[z, y, x, 2]
+                cx = a[0, 0] * x + a[0, 1] * y + a[0, 2] * z + b[0] + m[0, 0] * ux + m[0, 1] * uy + m[0, 2] * uz
+                cy = a[1, 0] * x + a[1, 1] * y + a[1, 2] * z + b[1] + m[1, 0] * ux + m[1, 1] * uy + m[1, 2] * uz
+                cz = a[2, 0] * x + a[2, 1] * y + a[2, 2] * z + b[2] + m[2, 0] * ux + m[2, 1] * uy + m[2, 2] * uz
+                if -0.5 <= cx < nx - 0.5 and -0.5 <= cy < ny - 0.5 and -0.5 <= cz < nz - 0.5:
+                    out[z, y, x] = labels[int(math.floor(cz + 0.5)), int(math.floor(cy + 0.5)),
+                                          int(math.floor(cx + 0.5))]
+                else:
+                    out[z, y, x] = 0
+
+@njit(parallel=True, cache=True)
+def jacobian(u, p, out):
+    """det(I + G), G[c, k] = sum_j d u_c / d index_j * p[j, k] (p = d index / d mm); index
+    differences central inside, one-sided at the ends (as np.gradient)."""
+    nz, ny, nx = out.shape
+    for zz in prange(nz):
+        z = np.int64(zz)  # a signed index: NumPy-style unification of uint64 and int64 is float64
+        g = np.empty((3, 3))
+        d = np.empty((3, 3))
+        z0, z1 = max(z - 1, 0), min(z + 1, nz - 1)
+        for y in range(ny):
+            y0, y1 = max(y - 1, 0), min(y + 1, ny - 1)
+            for x in range(nx):
+                x0, x1 = max(x - 1, 0), min(x + 1, nx - 1)
+                for c in range(3):
+                    d[c, 0] = (u[z, y, x1, c] - u[z, y, x0, c]) / (x1 - x0) if x1 > x0 else 0.0
+                    d[c, 1] = (u[z, y1, x, c] - u[z, y0, x, c]) / (y1 - y0) if y1 > y0 else 0.0
+                    d[c, 2] = (u[z1, y, x, c] - u[z0, y, x, c]) / (z1 - z0) if z1 > z0 else 0.0
+                for c in range(3):
+                    for k in range(3):
+                        g[c, k] = d[c, 0] * p[0, k] + d[c, 1] * p[1, k] + d[c, 2] * p[2, k]
+                    g[c, c] += 1.0
+                out[z, y, x] = (g[0, 0] * (g[1, 1] * g[2, 2] - g[1, 2] * g[2, 1])
+                                - g[0, 1] * (g[1, 0] * g[2, 2] - g[1, 2] * g[2, 0])
+                                + g[0, 2] * (g[1, 0] * g[2, 1] - g[1, 1] * g[2, 0]))
+
