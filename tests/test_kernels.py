@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from regnet import RegNetError
 from regnet.deform import kernels
 from regnet.deform.field import warp, warp_masks
 from regnet.geometry import Geometry
@@ -136,3 +137,22 @@ def test_two_voxel_axis_gives_finite_values_between_the_data():
     field = random_field(Geometry.of(image), 0.45, seed=11)
     ours = sitk.GetArrayFromImage(warp(image, field, "bspline", -1))
     assert np.isfinite(ours).all()
+
+
+def test_recursive_gaussian_equals_simpleitk_scalar_and_vector():
+    rng = np.random.default_rng(12)
+    scalar = rng.normal(0, 5, (20, 26, 31)).astype(np.float32)
+    scalar[5:15, 8:20, 10:25] += 30  # an edge, as a masked field has
+    for sigma in ((2.0, 3.0, 1.5), (8.0, 8.0, 8.0), (0.7, 0.7, 0.7)):  # per array axis (z, y, x)
+        reference = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(scalar), list(sigma[::-1]))
+        np.testing.assert_allclose(kernels.gaussian_smooth(scalar, sigma), sitk.GetArrayFromImage(reference),
+                                   atol=1e-5)
+    vector = rng.normal(0, 5, (12, 14, 16, 3)).astype(np.float32)
+    reference = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(vector, isVector=True), [4.0, 5.0, 6.0])
+    np.testing.assert_allclose(kernels.gaussian_smooth(vector, (6.0, 5.0, 4.0)), sitk.GetArrayFromImage(reference),
+                               atol=1e-5)
+
+
+def test_recursive_gaussian_refuses_an_axis_shorter_than_four_voxels():
+    with pytest.raises(RegNetError, match="at least 4 voxels along every smoothed axis; axis z has 3"):
+        kernels.gaussian_smooth(np.zeros((3, 8, 8), np.float32), 1.0)

@@ -181,3 +181,56 @@ def jacobian(u, p, out):
                                 - g[0, 1] * (g[1, 0] * g[2, 2] - g[1, 2] * g[2, 0])
                                 + g[0, 2] * (g[1, 0] * g[2, 1] - g[1, 1] * g[2, 0]))
 
+
+
+@njit(parallel=True, cache=True)
+def recursive_gaussian_middle(c, n_coef, m_coef, d_coef, bn, bm):
+    """Deriche's 4th-order recursive Gaussian (the coefficients of ITK's RecursiveGaussianImageFilter)
+    along axis 1 of c (A, N, B), in place; the border value is taken to extend to infinity (ITK's
+    boundary). Causal and anti-causal sums in float64 per line, B columns at a time."""
+    n_a, n, n_b = c.shape
+    chunk = 64
+    chunks = (n_b + chunk - 1) // chunk
+    n0, n1, n2, n3 = n_coef[0], n_coef[1], n_coef[2], n_coef[3]
+    m1, m2, m3, m4 = m_coef[0], m_coef[1], m_coef[2], m_coef[3]
+    d1, d2, d3, d4 = d_coef[0], d_coef[1], d_coef[2], d_coef[3]
+    bn1, bn2, bn3, bn4 = bn[0], bn[1], bn[2], bn[3]
+    bm1, bm2, bm3, bm4 = bm[0], bm[1], bm[2], bm[3]
+    for task in prange(n_a * chunks):
+        a = task // chunks
+        b0 = (task % chunks) * chunk
+        w = min(n_b, b0 + chunk) - b0
+        d = np.empty((n, w))
+        y = np.empty((n, w))
+        z = np.empty((n, w))
+        for i in range(n):
+            for j in range(w):
+                d[i, j] = c[a, i, b0 + j]
+        for j in range(w):
+            e = d[0, j]
+            y[0, j] = (n0 + n1 + n2 + n3) * e - (bn1 + bn2 + bn3 + bn4) * e
+            y[1, j] = n0 * d[1, j] + (n1 + n2 + n3) * e - (d1 * y[0, j] + (bn2 + bn3 + bn4) * e)
+            y[2, j] = (n0 * d[2, j] + n1 * d[1, j] + (n2 + n3) * e
+                       - (d1 * y[1, j] + d2 * y[0, j] + (bn3 + bn4) * e))
+            y[3, j] = (n0 * d[3, j] + n1 * d[2, j] + n2 * d[1, j] + n3 * e
+                       - (d1 * y[2, j] + d2 * y[1, j] + d3 * y[0, j] + bn4 * e))
+        for i in range(4, n):
+            for j in range(w):
+                y[i, j] = (n0 * d[i, j] + n1 * d[i - 1, j] + n2 * d[i - 2, j] + n3 * d[i - 3, j]
+                           - (d1 * y[i - 1, j] + d2 * y[i - 2, j] + d3 * y[i - 3, j] + d4 * y[i - 4, j]))
+        k = n - 1
+        for j in range(w):
+            e = d[k, j]
+            z[k, j] = (m1 + m2 + m3 + m4) * e - (bm1 + bm2 + bm3 + bm4) * e
+            z[k - 1, j] = m1 * d[k, j] + (m2 + m3 + m4) * e - (d1 * z[k, j] + (bm2 + bm3 + bm4) * e)
+            z[k - 2, j] = (m1 * d[k - 1, j] + m2 * d[k, j] + (m3 + m4) * e
+                           - (d1 * z[k - 1, j] + d2 * z[k, j] + (bm3 + bm4) * e))
+            z[k - 3, j] = (m1 * d[k - 2, j] + m2 * d[k - 1, j] + m3 * d[k, j] + m4 * e
+                           - (d1 * z[k - 2, j] + d2 * z[k - 1, j] + d3 * z[k, j] + bm4 * e))
+        for i in range(n - 4, 0, -1):
+            for j in range(w):
+                z[i - 1, j] = (m1 * d[i, j] + m2 * d[i + 1, j] + m3 * d[i + 2, j] + m4 * d[i + 3, j]
+                               - (d1 * z[i, j] + d2 * z[i + 1, j] + d3 * z[i + 2, j] + d4 * z[i + 3, j]))
+        for i in range(n):
+            for j in range(w):
+                c[a, i, b0 + j] = y[i, j] + z[i, j]
