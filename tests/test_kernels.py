@@ -156,3 +156,45 @@ def test_recursive_gaussian_equals_simpleitk_scalar_and_vector():
 def test_recursive_gaussian_refuses_an_axis_shorter_than_four_voxels():
     with pytest.raises(RegNetError, match="at least 4 voxels along every smoothed axis; axis z has 3"):
         kernels.gaussian_smooth(np.zeros((3, 8, 8), np.float32), 1.0)
+
+
+def test_dense_bspline_field_equals_the_product_of_the_basis_matrices():
+    """The compiled evaluation against the dense (N, n+3) basis matrices multiplied out (float64)."""
+    from regnet.deform.bspline import _basis_matrix, dense_field, transform_domain
+
+    g = Geometry((37, 29, 23), (1.0, 1.2, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    coeffs = np.random.default_rng(13).uniform(-20, 20, (3, 5 + 3, 6 + 3, 7 + 3))  # (3, nz+3, ny+3, nx+3)
+    origin, length = transform_domain(g.size)
+    wx, wy, wz = (_basis_matrix(g.size[k], n, origin[k], length[k]) for k, n in enumerate((7, 6, 5)))
+    reference = np.einsum("zk,yj,xi,ckji->zyxc", wz, wy, wx, coeffs)
+    ours = dense_field(coeffs, g)
+    assert ours.dtype == np.float32 and ours.shape == g.shape + (3,)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-6)
+    assert (ours == reference.astype(np.float32)).mean() > 0.99  # float32 rounding of the same sums
+
+
+def sitk_canny(array: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.CannyEdgeDetection(sitk.GetImageFromArray(array), lower, upper)) > 0
+
+
+def test_canny_edges_equal_simpleitk_on_blobs_and_noise():
+    rng = np.random.default_rng(14)
+    zz, yy, xx = np.mgrid[:30, :34, :38]
+    array = np.where((zz - 15) ** 2 + (yy - 17) ** 2 / 2 + (xx - 19) ** 2 / 3 < 80, 300.0, -700.0)
+    array = (array + rng.normal(0, 40, array.shape)).astype(np.float32)
+    ours = kernels.canny_edges(array, 50.0, 100.0)
+    reference = sitk_canny(array, 50.0, 100.0)
+    assert 100 < reference.sum() < reference.size / 2  # a real edge set, not empty or everything
+    np.testing.assert_array_equal(ours, reference)
+    # hysteresis matters: a high upper threshold keeps fewer edges, still the same as SimpleITK
+    np.testing.assert_array_equal(kernels.canny_edges(array, 50.0, 3000.0), sitk_canny(array, 50.0, 3000.0))
+    assert kernels.canny_edges(array, 50.0, 3000.0).sum() < ours.sum()
+
+
+def test_canny_edges_equal_simpleitk_in_real_lung():
+    ct = read_image(shared_file("ct", "popi_phase00_ct.nii.gz"))
+    g = Geometry((64, 56, 40), (1.0, 1.0, 1.0), (-110.0, -30.0, -90.0), Geometry.of(ct).direction)
+    array = sitk.GetArrayFromImage(resample_to_geometry(ct, g, "linear", -1024)).astype(np.float32)
+    reference = sitk_canny(array, 50.0, 100.0)
+    assert reference.sum() > 1000  # vessels and parenchyma
+    np.testing.assert_array_equal(kernels.canny_edges(array, 50.0, 100.0), reference)

@@ -145,16 +145,17 @@ def _gaussian_coefficients(sigma: float):
     return n, m, d, d * n.sum() / sd, d * m.sum() / sd
 
 
-def gaussian_smooth(array: np.ndarray, sigma_voxels) -> np.ndarray:
+def gaussian_smooth(array: np.ndarray, sigma_voxels, copy: bool = True) -> np.ndarray:
     """Recursive Gaussian smoothing (float32, new array) of a (z, y, x) array or a (z, y, x, C) vector
     array, ``sigma_voxels`` per array axis (z, y, x): SimpleITK's ``SmoothingRecursiveGaussian`` (same
     recursion, coefficients, border and axis order x, y, z; float64 within a line) at a fraction of its
-    cost. Axes with sigma 0 are left as they are."""
+    cost. Axes with sigma 0 are left as they are. ``copy=False`` smooths a float32 C-contiguous
+    ``array`` in place (no second 250 MB field at 20.8 M voxels)."""
     _kernels()
     from regnet.deform import _compiled
 
     sigma = np.broadcast_to(np.asarray(sigma_voxels, float), (3,))
-    out = np.array(array, dtype=np.float32, order="C", copy=True)
+    out = np.array(array, dtype=np.float32, order="C", copy=copy)
     for axis in (2, 1, 0):  # ITK: x first, then y, then z
         if sigma[axis] <= 0:
             continue
@@ -165,3 +166,44 @@ def gaussian_smooth(array: np.ndarray, sigma_voxels) -> np.ndarray:
         before = int(np.prod(out.shape[:axis]))
         _compiled.recursive_gaussian_middle(out.reshape(before, n, -1), *_gaussian_coefficients(float(sigma[axis])))
     return out
+
+
+def bspline_dense(coeffs: np.ndarray, taps) -> np.ndarray:
+    """Dense cubic B-spline field (z, y, x, C) float32 from coefficients (C, kz, ky, kx) and, per axis
+    (x, y, z), the first tap index (n,) and four weights (n, 4) of every voxel: one pass, no
+    float64 (z, y, x) temporaries."""
+    _kernels()
+    from regnet.deform import _compiled
+
+    (fx, wx), (fy, wy), (fz, wz) = taps
+    out = np.empty((len(fz), len(fy), len(fx), coeffs.shape[0]), np.float32)
+    _compiled.bspline_dense(np.ascontiguousarray(coeffs, dtype=np.float64),
+                            *(np.ascontiguousarray(a, dtype=np.int64 if a.ndim == 1 else np.float64)
+                              for pair in taps for a in pair), out)
+    return out
+
+
+def canny_edges(image: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """3D Canny edges (bool) of a (z, y, x) array, as SimpleITK's ``CannyEdgeDetection`` with zero
+    variance (its default): second derivative along the gradient, its zero crossings where it does
+    not increase along the gradient weighted by the gradient magnitude, then hysteresis: the
+    26-connected components of strength > ``lower`` that hold a voxel > ``upper`` (ITK follows the
+    same 26-neighbourhood from every seed). Same float32 arithmetic as ITK; a third of its CPU."""
+    from scipy import ndimage
+
+    _kernels()
+    from regnet.deform import _compiled
+
+    g = np.ascontiguousarray(image, dtype=np.float32)
+    d2 = np.empty_like(g)
+    _compiled.canny_second_derivative(g, d2)
+    strength = np.empty_like(g)
+    _compiled.canny_edge_strength(g, d2, strength)
+    del d2
+    weak = strength > np.float32(lower)
+    seeds = strength > np.float32(upper)
+    labels, n = ndimage.label(weak, structure=np.ones((3, 3, 3), bool))
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(labels[seeds])] = True
+    keep[0] = False
+    return keep[labels] | seeds

