@@ -184,13 +184,15 @@ def jacobian(u, p, out):
 
 
 @njit(parallel=True, cache=True)
-def recursive_gaussian_middle(c, n_coef, m_coef, d_coef, bn, bm):
+def recursive_gaussian(c, n_coef, m_coef, d_coef, bn, bm):
     """Deriche's 4th-order recursive Gaussian (the coefficients of ITK's RecursiveGaussianImageFilter)
-    along axis 1 of c (A, N, B), in place; the border value is taken to extend to infinity (ITK's
-    boundary). Causal and anti-causal sums in float64 per line, B columns at a time."""
-    n_a, n, n_b = c.shape
+    along axis 2 of c (A, L, N, B), in place; the border value is taken to extend to infinity (ITK's
+    boundary). Causal and anti-causal sums in float64, 64 lines (l, b) at a time, gathered into
+    (N, 64) buffers so that the recursion runs along contiguous rows whatever the axis."""
+    n_a, n_l, n, n_b = c.shape
     chunk = 64
-    chunks = (n_b + chunk - 1) // chunk
+    n_q = n_l * n_b
+    chunks = (n_q + chunk - 1) // chunk
     n0, n1, n2, n3 = n_coef[0], n_coef[1], n_coef[2], n_coef[3]
     m1, m2, m3, m4 = m_coef[0], m_coef[1], m_coef[2], m_coef[3]
     d1, d2, d3, d4 = d_coef[0], d_coef[1], d_coef[2], d_coef[3]
@@ -198,14 +200,20 @@ def recursive_gaussian_middle(c, n_coef, m_coef, d_coef, bn, bm):
     bm1, bm2, bm3, bm4 = bm[0], bm[1], bm[2], bm[3]
     for task in prange(n_a * chunks):
         a = task // chunks
-        b0 = (task % chunks) * chunk
-        w = min(n_b, b0 + chunk) - b0
+        q0 = (task % chunks) * chunk
+        w = min(n_q, q0 + chunk) - q0
         d = np.empty((n, w))
         y = np.empty((n, w))
         z = np.empty((n, w))
-        for i in range(n):
+        if n_l == 1:  # columns contiguous in memory: read row by row
+            for i in range(n):
+                for j in range(w):
+                    d[i, j] = c[a, 0, i, q0 + j]
+        else:  # lines contiguous (x): read line by line
             for j in range(w):
-                d[i, j] = c[a, i, b0 + j]
+                line, b = (q0 + j) // n_b, (q0 + j) % n_b
+                for i in range(n):
+                    d[i, j] = c[a, line, i, b]
         for j in range(w):
             e = d[0, j]
             y[0, j] = (n0 + n1 + n2 + n3) * e - (bn1 + bn2 + bn3 + bn4) * e
@@ -231,9 +239,15 @@ def recursive_gaussian_middle(c, n_coef, m_coef, d_coef, bn, bm):
             for j in range(w):
                 z[i - 1, j] = (m1 * d[i, j] + m2 * d[i + 1, j] + m3 * d[i + 2, j] + m4 * d[i + 3, j]
                                - (d1 * z[i, j] + d2 * z[i + 1, j] + d3 * z[i + 2, j] + d4 * z[i + 3, j]))
-        for i in range(n):
+        if n_l == 1:
+            for i in range(n):
+                for j in range(w):
+                    c[a, 0, i, q0 + j] = y[i, j] + z[i, j]
+        else:
             for j in range(w):
-                c[a, i, b0 + j] = y[i, j] + z[i, j]
+                line, b = (q0 + j) // n_b, (q0 + j) % n_b
+                for i in range(n):
+                    c[a, line, i, b] = y[i, j] + z[i, j]
 
 
 @njit(parallel=True, cache=True)

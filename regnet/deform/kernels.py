@@ -164,7 +164,10 @@ def gaussian_smooth(array: np.ndarray, sigma_voxels, copy: bool = True) -> np.nd
             raise RegNetError(f"Recursive Gaussian smoothing needs at least 4 voxels along every smoothed axis; "
                               f"axis {'zyx'[axis]} has {n} (array shape {out.shape}).")
         before = int(np.prod(out.shape[:axis]))
-        _compiled.recursive_gaussian_middle(out.reshape(before, n, -1), *_gaussian_coefficients(float(sigma[axis])))
+        after = int(np.prod(out.shape[axis + 1:]))
+        # lines along the axis as (A, L, N, B): x lines of a (z, y, x) array are L = z*y rows of B = 1
+        shape = (1, before, n, after) if after <= 3 else (before, 1, n, after)
+        _compiled.recursive_gaussian(out.reshape(shape), *_gaussian_coefficients(float(sigma[axis])))
     return out
 
 
