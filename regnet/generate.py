@@ -27,6 +27,7 @@ from regnet.deform.field import bspline_coefficients, jacobian_determinant, magn
 from regnet.deform.methods import inputs_of, synthetic_dvf
 from regnet.files import remove_stale_temporaries, write_json_atomic
 from regnet.geometry import Geometry
+from regnet.heap import keep_freed_memory
 from regnet.io import dvf_to_image, image_from_array, isotropic_geometry, resample_to_geometry, write_dvf, write_image
 from regnet.masks import compute_masks
 from regnet.seeding import rng_for
@@ -183,6 +184,7 @@ def _like_base(array: np.ndarray, base: sitk.Image) -> np.ndarray:
 def _with_threads(function, threads: int | None, *args):
     """Run a task with SimpleITK limited to ``threads`` (cores / jobs), so parallel jobs do not
     oversubscribe the machine. Results do not depend on the thread count (tested)."""
+    keep_freed_memory()  # in the worker: arrays reuse freed pages instead of faulting in new ones
     if threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return function(*args)
