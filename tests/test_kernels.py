@@ -198,3 +198,15 @@ def test_canny_edges_equal_simpleitk_in_real_lung():
     reference = sitk_canny(array, 50.0, 100.0)
     assert reference.sum() > 1000  # vessels and parenchyma
     np.testing.assert_array_equal(kernels.canny_edges(array, 50.0, 100.0), reference)
+
+
+def test_a_zero_field_on_the_image_grid_gives_the_image_back_as_simpleitk_does(rotated_image):
+    image = sitk.Cast(sitk.Round(rotated_image * 300.0), sitk.sitkInt16)
+    g = Geometry.of(image)
+    field = dvf_to_image(np.zeros(g.shape + (3,), np.float32), g)
+    ours = warp(image, field, "bspline", -1024)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ours), np.round(sitk_cubic_warp(image, field, -1024)))
+    assert ours.GetPixelID() == sitk.sitkInt16 and Geometry.of(ours) == g
+    lung = sitk.Cast(image > 0, sitk.sitkUInt8)
+    torso, moved_lung = warp_masks(image > -200, lung, field)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(moved_lung), sitk.GetArrayViewFromImage(lung))
