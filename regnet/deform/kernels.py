@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import SimpleITK as sitk
 
 from regnet import RegNetError
 from regnet.geometry import Geometry
@@ -79,7 +78,9 @@ def _index_to_offset(g: Geometry) -> np.ndarray:
 
 
 def _field_array(field) -> tuple[np.ndarray, Geometry]:
-    if isinstance(field, sitk.Image):
+    if not isinstance(field, tuple):  # a SimpleITK image (imported here only: the device path has none)
+        import SimpleITK as sitk
+
         return sitk.GetArrayViewFromImage(field), Geometry.of(field)
     array, geometry = field
     return np.asarray(array), geometry
