@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from regnet import RegNetError
 from regnet.deform.augment import intensity_chain, next_image
 from regnet.deform.field import bspline_coefficients, jacobian_determinant, magnitude, warp, warp_masks
+from regnet.deform.kernels import set_threads as set_kernel_threads
 from regnet.deform.methods import inputs_of, synthetic_dvf
 from regnet.files import remove_stale_temporaries, write_json_atomic
 from regnet.geometry import Geometry
@@ -185,6 +186,7 @@ def _with_threads(function, threads: int | None, *args):
     """Run a task with SimpleITK limited to ``threads`` (cores / jobs), so parallel jobs do not
     oversubscribe the machine. Results do not depend on the thread count (tested)."""
     keep_freed_memory()  # in the worker: arrays reuse freed pages instead of faulting in new ones
+    set_kernel_threads(threads)
     if threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return function(*args)

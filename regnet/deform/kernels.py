@@ -33,24 +33,32 @@ _POLE = math.sqrt(3.0) - 2.0     # the cubic B-spline's pole
 _TOLERANCE = 1e-10               # ITK's BSplineDecompositionImageFilter tolerance (sets the horizon)
 
 
+_threads: int | None = None
+
+
+def set_threads(threads: int | None) -> None:
+    """Threads of the compiled kernels in this process (the job gives cores / jobs, as to SimpleITK,
+    so that parallel workers do not oversubscribe the machine); None: Numba's default (all cores)."""
+    global _threads
+    _threads = threads
+
+
 def _kernels():
-    """Import the compiled kernels on first use (Numba loads them from its cache): importing this
-    module, hence the CLI, stays cheap."""
-    global _filter_middle, _warp_cubic, _warp_nearest, _jacobian
-    if _filter_middle is None:
-        from regnet.deform import _compiled
+    """The compiled kernels, imported on first use (Numba loads them from its cache: importing this
+    module, hence the CLI, stays cheap), with :func:`set_threads`'s count for the calling thread."""
+    from regnet.deform import _compiled
 
-        _filter_middle, _warp_cubic = _compiled.filter_middle, _compiled.warp_cubic
-        _warp_nearest, _jacobian = _compiled.warp_nearest, _compiled.jacobian
+    if _threads:
+        import numba
 
-
-_filter_middle = _warp_cubic = _warp_nearest = _jacobian = None
+        numba.set_num_threads(max(1, min(_threads, numba.config.NUMBA_NUM_THREADS)))
+    return _compiled
 
 
 def bspline_coefficients_array(array: np.ndarray) -> np.ndarray:
     """Cubic B-spline coefficients (float32, mirror boundary) of a (z, y, x) array: what ITK's
     ``BSplineDecompositionImageFilter`` gives (same recursion, initialisation and horizon)."""
-    _kernels()
+    _compiled = _kernels()
     c = np.array(array, dtype=np.float32, order="C", copy=True)
     horizon = int(math.ceil(math.log(_TOLERANCE) / math.log(abs(_POLE))))
     for axis in range(c.ndim):
@@ -59,7 +67,7 @@ def bspline_coefficients_array(array: np.ndarray) -> np.ndarray:
             continue  # ITK copies an axis of one voxel unchanged
         before = int(np.prod(c.shape[:axis]))
         after = int(np.prod(c.shape[axis + 1:]))
-        _filter_middle(c.reshape(before, n, after), _POLE, horizon)
+        _compiled.filter_middle(c.reshape(before, n, after), _POLE, horizon)
     return c
 
 
@@ -94,32 +102,32 @@ def warp_cubic(coefficients: np.ndarray, moving: Geometry, field, default: float
     """``image(x + u(x))`` (float32, the field's grid) from the image's cubic B-spline
     ``coefficients`` (:func:`bspline_coefficients_array`) on grid ``moving``. ``field`` is a DVF
     image or ``(array (z, y, x, 3), Geometry)``."""
-    _kernels()
+    _compiled = _kernels()
     u, fixed = _field_array(field)
     a, b, m = index_map(moving, fixed)
     out = np.empty(u.shape[:3], np.float32)
-    _warp_cubic(np.ascontiguousarray(coefficients, dtype=np.float32), _float32_field(u), a, b, m,
+    _compiled.warp_cubic(np.ascontiguousarray(coefficients, dtype=np.float32), _float32_field(u), a, b, m,
                 float(default), out)
     return out
 
 
 def warp_nearest(labels: np.ndarray, moving: Geometry, field) -> np.ndarray:
     """Nearest-neighbour ``labels(x + u(x))`` (same dtype, 0 outside) on the field's grid."""
-    _kernels()
+    _compiled = _kernels()
     u, fixed = _field_array(field)
     a, b, m = index_map(moving, fixed)
     out = np.empty(u.shape[:3], labels.dtype)
-    _warp_nearest(np.ascontiguousarray(labels), _float32_field(u), a, b, m, out)
+    _compiled.warp_nearest(np.ascontiguousarray(labels), _float32_field(u), a, b, m, out)
     return out
 
 
 def jacobian_determinant(u: np.ndarray, geometry: Geometry) -> np.ndarray:
     """det(I + du/dp) (float32, (z, y, x)) of a (z, y, x, 3) DVF in mm, derivatives in physical units:
     index differences (central, one-sided at the ends, as ``np.gradient``) through spacing and direction."""
-    _kernels()
+    _compiled = _kernels()
     index_per_mm = np.ascontiguousarray(np.diag(1.0 / np.asarray(geometry.spacing)) @ geometry.matrix.T)
     out = np.empty(u.shape[:3], np.float32)
-    _jacobian(_float32_field(np.asarray(u)), index_per_mm, out)
+    _compiled.jacobian(_float32_field(np.asarray(u)), index_per_mm, out)
     return out
 
 
@@ -152,9 +160,7 @@ def gaussian_smooth(array: np.ndarray, sigma_voxels, copy: bool = True) -> np.nd
     recursion, coefficients, border and axis order x, y, z; float64 within a line) at a fraction of its
     cost. Axes with sigma 0 are left as they are. ``copy=False`` smooths a float32 C-contiguous
     ``array`` in place (no second 250 MB field at 20.8 M voxels)."""
-    _kernels()
-    from regnet.deform import _compiled
-
+    _compiled = _kernels()
     sigma = np.broadcast_to(np.asarray(sigma_voxels, float), (3,))
     out = np.array(array, dtype=np.float32, order="C", copy=copy)
     for axis in (2, 1, 0):  # ITK: x first, then y, then z
@@ -176,9 +182,7 @@ def bspline_dense(coeffs: np.ndarray, taps) -> np.ndarray:
     """Dense cubic B-spline field (z, y, x, C) float32 from coefficients (C, kz, ky, kx) and, per axis
     (x, y, z), the first tap index (n,) and four weights (n, 4) of every voxel: one pass, no
     float64 (z, y, x) temporaries."""
-    _kernels()
-    from regnet.deform import _compiled
-
+    _compiled = _kernels()
     (fx, wx), (fy, wy), (fz, wz) = taps
     out = np.empty((len(fz), len(fy), len(fx), coeffs.shape[0]), np.float32)
     _compiled.bspline_dense(np.ascontiguousarray(coeffs, dtype=np.float64),
@@ -195,9 +199,7 @@ def canny_edges(image: np.ndarray, lower: float, upper: float) -> np.ndarray:
     same 26-neighbourhood from every seed). Same float32 arithmetic as ITK; a third of its CPU."""
     from scipy import ndimage
 
-    _kernels()
-    from regnet.deform import _compiled
-
+    _compiled = _kernels()
     g = np.ascontiguousarray(image, dtype=np.float32)
     d2 = np.empty_like(g)
     _compiled.canny_second_derivative(g, d2)
