@@ -3,6 +3,7 @@
     python bench/generate.py                                   # issue 14's grid: POPI 00, 1 mm, 328x256x248
     python bench/generate.py --image ct.mha --torso t.mha --lung l.mha --size 160 160 120
     python bench/generate.py --dsmooth 0 --profile 25          # cProfile of the child, top 25 functions
+    python bench/generate.py --before /tmp/before               # also each pair with another checkout's code
 
 The input image is resampled once (cubic, SimpleITK) onto a 1 mm grid of ``--size`` voxels at
 ``--origin`` (default: issue 14's 328x256x248 at (-167, -77, -164.5) mm; without ``--origin`` the grid
@@ -117,19 +118,20 @@ def yardsticks(image: sitk.Image) -> dict:
     return out
 
 
-def run_child(folder: Path, dsmooth: int, profile: int) -> dict:
-    """One pair through ``regnet.generate.run`` in a fresh process: CPU (user+sys), wall, peak RSS."""
+def run_child(folder: Path, dsmooth: int, profile: int, repo: Path = REPO) -> dict:
+    """One pair through ``regnet.generate.run`` (of the checkout ``repo``) in a fresh process: CPU
+    (user+sys), wall, peak RSS."""
     settings = {"DataExpDict": [{"data": "Folder", "deform_exp": "3D_max7_D14_K", "TrainingCNList": ["case"],
                                  "TrainingDSmoothList": [dsmooth], "ValidationCNList": []}],
                 "DataFolder": str(folder / "data"), "OutputFolder": str(folder / f"out{dsmooth}"), "stage": 1}
     shutil.rmtree(folder / f"out{dsmooth}", ignore_errors=True)  # cold: nothing made before
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(repo))
     if profile:
         env["NUMBA_NUM_THREADS"] = "1"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps({"settings": settings, "profile": profile})],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO), text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(repo), text=True)
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and anything it waited for
@@ -154,6 +156,9 @@ def main():
                         help="3D_max7_D14_K dsmooth numbers (0 respiratory, 4 SF, 9 MF, 13 zero)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the prepared grid here and reuse it on the next run (default: a temporary folder)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another checkout (e.g. `git worktree add /tmp/before main`): each pair is also made "
+                             "with its code, right before this one's, for a same-session before/after")
     parser.add_argument("--profile", type=int, default=0,
                         help="cProfile the child on one thread (times ~ CPU s): print the top N functions")
     args = parser.parse_args()
@@ -177,7 +182,15 @@ def main():
               f"(linear {ys['sitk_linear']:.2f} s; SciPy spline_filter + map_coordinates(order=3) "
               f"{ys['scipy_cubic']:.2f} s)")
         rows = []
+        before = {}
         for d in args.dsmooth:
+            if args.before is not None:
+                b = run_child(folder, d, 0, args.before.resolve())
+                before[d] = (b["user_s"] + b["sys_s"], b["peak_rss_gib"], b["wall_s"])
+                print(f"\ndsmooth {d:>2} BEFORE ({args.before}): {before[d][0]:6.1f} CPU s "
+                      f"(user {b['user_s']:.1f} + sys "
+                      f"{b['sys_s']:.1f}) = {before[d][0] / unit:4.2f} yardsticks, wall {b['wall_s']:.1f} s, "
+                      f"peak RSS {b['peak_rss_gib']:.2f} GiB")
             r = run_child(folder, d, args.profile)
             cpu = r["user_s"] + r["sys_s"]
             peak = r["peak_rss_gib"]
@@ -195,6 +208,13 @@ def main():
             verdict = "ok" if ys_ <= target and peak <= 2.0 else "OVER"
             print(f"| {d} | {name} | {orig} ({orig_y}) | {cpu:.1f} | {ys_:.2f} | <= {target} {verdict} "
                   f"| {wall:.1f} | {peak:.2f} |")
+        if before:
+            print("\n| dsmooth | method | before CPU s (yardsticks, peak GiB) | after CPU s (yardsticks, peak GiB) "
+                  "| speed-up |\n|---|---|---|---|---|")
+            for d, name, _, _, cpu, ys_, _, _, peak in rows:
+                b_cpu, b_peak, _ = before[d]
+                print(f"| {d} | {name} | {b_cpu:.1f} ({b_cpu / unit:.2f}, {b_peak:.2f}) | {cpu:.1f} ({ys_:.2f}, "
+                      f"{peak:.2f}) | {b_cpu / cpu:.1f}x |")
 
 
 if __name__ == "__main__":
