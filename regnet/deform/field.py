@@ -5,14 +5,13 @@ Convention (fixed): a DVF lives on the fixed grid, components (x, y, z) in mm, a
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import SimpleITK as sitk
 
 from regnet import RegNetError
+from regnet.deform import kernels
 from regnet.geometry import Geometry
-from regnet.io import INTERPOLATORS, dvf_to_image
+from regnet.io import INTERPOLATORS, _is_integer, dvf_to_image, image_from_array
 
 __all__ = ["warp", "warp_masks", "bspline_coefficients", "jacobian_determinant", "compose", "invert", "magnitude",
            "as_dvf_image"]
@@ -28,19 +27,22 @@ def as_dvf_image(dvf, reference=None) -> sitk.Image:
 
 
 def bspline_coefficients(image: sitk.Image) -> sitk.Image:
-    """Cubic B-spline coefficients of an image, for :func:`warp` (``coefficients=``). Computing
-    them separately lets a caller overlap this step with other work, and the warp from them is
-    ~40% faster than ``WarpImageFilter``'s own cubic path (same values to 1e-6)."""
-    return sitk.BSplineDecomposition(sitk.Cast(image, sitk.sitkFloat32), 3)
+    """Cubic B-spline coefficients of an image (float32, its grid), for :func:`warp` (``coefficients=``).
+    Computing them separately lets a caller overlap this step with other work. Same recursion and
+    boundary as SimpleITK's ``BSplineDecomposition``, compiled (:mod:`regnet.deform.kernels`)."""
+    out = sitk.GetImageFromArray(kernels.bspline_coefficients_array(sitk.GetArrayViewFromImage(image)))
+    out.CopyInformation(image)
+    return out
 
 
 def warp(image: sitk.Image, dvf, interpolator: str = "bspline", default: float = 0.0,
          reference=None, coefficients: sitk.Image | None = None) -> sitk.Image:
     """``image(x + u(x))`` on the DVF's grid. ``image`` may live on any grid (physical space).
 
-    SimpleITK's multi-threaded ``WarpImageFilter`` does the work; B-spline is cubic. With
-    ``coefficients`` (from :func:`bspline_coefficients` of ``image``) the cubic warp evaluates
-    them directly.
+    B-spline is cubic: a compiled kernel (:mod:`regnet.deform.kernels`, SimpleITK's numbers to
+    ~1e-3) for scalar images, from ``coefficients`` (:func:`bspline_coefficients` of ``image``)
+    when given. Other interpolators and vector images: SimpleITK's ``WarpImageFilter`` / ``Resample``.
+    Integer images come back rounded (not truncated) to their own type.
     """
     field = as_dvf_image(dvf, reference)
     g = Geometry.of(field)
@@ -53,9 +55,19 @@ def warp(image: sitk.Image, dvf, interpolator: str = "bspline", default: float =
         return sitk.Resample(image, list(g.size), transform, kind, g.origin, g.spacing, g.direction,
                              float(default), image.GetPixelID())
     pixel_id = image.GetPixelID()
+    if _zero_on_own_grid(field, image):  # every interpolator gives the samples back (the zero method)
+        return sitk.Image(image)
+    if interpolator == "bspline":
+        coefficients = bspline_coefficients(image) if coefficients is None else coefficients
+        array = kernels.warp_cubic(sitk.GetArrayViewFromImage(coefficients), Geometry.of(image), field, default)
+        if _is_integer(pixel_id):
+            dtype = sitk.GetArrayViewFromImage(image).dtype
+            info = np.iinfo(dtype)
+            array = np.clip(np.round(array, out=array), info.min, info.max, out=array).astype(dtype)
+        elif pixel_id == sitk.sitkFloat64:
+            array = array.astype(np.float64)
+        return image_from_array(array, g)
     work = image if interpolator == "nearest" else sitk.Cast(image, sitk.sitkFloat32)
-    if coefficients is not None and interpolator == "bspline":
-        work, kind = coefficients, sitk.sitkBSplineResamplerOrder3
     warper = sitk.WarpImageFilter()
     warper.SetInterpolator(kind)
     warper.SetOutputParameteresFromImage(field)
@@ -68,11 +80,19 @@ def warp(image: sitk.Image, dvf, interpolator: str = "bspline", default: float =
     return out
 
 
+def _zero_on_own_grid(field: sitk.Image, image: sitk.Image) -> bool:
+    """A zero displacement on the image's own grid (one pass over the field; the warp costs ~30)."""
+    return Geometry.of(image).close_to(Geometry.of(field), tol=1e-6) and not sitk.GetArrayViewFromImage(field).any()
+
+
 def warp_masks(torso: sitk.Image, lung: sitk.Image, dvf, reference=None) -> tuple[sitk.Image, sitk.Image]:
     """Warp two binary masks in one nearest-neighbour pass (packed as bits of one label image)."""
-    packed = sitk.Cast(torso > 0, sitk.sitkUInt8) + 2 * sitk.Cast(lung > 0, sitk.sitkUInt8)
-    moved = warp(packed, dvf, "nearest", 0, reference)
-    return sitk.Cast(sitk.And(moved, 1), sitk.sitkUInt8), sitk.Cast(sitk.And(moved, 2) > 0, sitk.sitkUInt8)
+    field = as_dvf_image(dvf, reference)
+    g = Geometry.of(field)
+    packed = (sitk.GetArrayViewFromImage(torso) > 0).view(np.uint8)
+    packed = packed | ((sitk.GetArrayViewFromImage(lung) > 0).view(np.uint8) << 1)
+    moved = packed if _zero_on_own_grid(field, torso) else kernels.warp_nearest(packed, Geometry.of(torso), field)
+    return image_from_array(moved & 1, g), image_from_array(moved >> 1, g)
 
 
 def _array_and_geometry(dvf, reference=None) -> tuple[np.ndarray, Geometry]:
@@ -83,59 +103,18 @@ def _array_and_geometry(dvf, reference=None) -> tuple[np.ndarray, Geometry]:
     return np.asarray(dvf), reference if isinstance(reference, Geometry) else Geometry.of(reference)
 
 
-def _central_difference(x: np.ndarray, axis: int, out: np.ndarray) -> np.ndarray:
-    """d x / d index along ``axis``: central inside, one-sided at the two ends (as np.gradient),
-    written into ``out`` without temporaries of the full size."""
-    n = x.shape[axis]
-
-    def sl(a, b):
-        return tuple(slice(a, b) if k == axis else slice(None) for k in range(x.ndim))
-
-    inner = out[sl(1, -1)]
-    np.subtract(x[sl(2, None)], x[sl(0, -2)], out=inner)
-    inner *= 0.5
-    np.subtract(x[sl(1, 2)], x[sl(0, 1)], out=out[sl(0, 1)])
-    np.subtract(x[sl(n - 1, n)], x[sl(n - 2, n - 1)], out=out[sl(n - 1, n)])
-    return out
-
-
 def jacobian_determinant(dvf, reference=None) -> np.ndarray:
     """det(I + du/dp) per voxel, (z, y, x) float32, derivatives in physical units.
 
     Component k of u is differentiated along physical axis k: index derivatives (central
-    differences) are mapped to physical ones through spacing and the direction matrix, so the
-    result is right for anisotropic, rotated grids. u_x = a*x gives 1 + a.
+    differences, one-sided at the ends as ``np.gradient``) are mapped to physical ones through
+    spacing and the direction matrix, so the result is right for anisotropic, rotated grids.
+    u_x = a*x gives 1 + a. One compiled pass (:mod:`regnet.deform.kernels`): no gradient arrays.
     """
     u, g = _array_and_geometry(dvf, reference)
-    # index_j = (D^T (p - o))_j / s_j  =>  d index_j / d p_k = (diag(1/s) D^T)[j, k]
-    index_per_mm = np.diag(1.0 / np.asarray(g.spacing)) @ g.matrix.T
-    array_axis = (2, 1, 0)  # index axis x, y, z -> NumPy axis
-    grad = np.empty((3, 3) + u.shape[:3], dtype=np.float32)  # grad[c, k] = d u_c / d p_k
-    diagonal = np.allclose(index_per_mm, np.diag(np.diag(index_per_mm)))
-    def component_gradient(c):
-        component = np.ascontiguousarray(u[..., c], dtype=np.float32)
-        if diagonal:  # axis-aligned grid (flips allowed): index axis k is physical axis k
-            for k in range(3):
-                _central_difference(component, array_axis[k], grad[c, k])
-                grad[c, k] *= np.float32(index_per_mm[k, k])
-        else:
-            by_index = np.empty((3,) + u.shape[:3], dtype=np.float32)
-            for j in range(3):
-                _central_difference(component, array_axis[j], by_index[j])
-            for k in range(3):
-                grad[c, k] = sum(np.float32(index_per_mm[j, k]) * by_index[j] for j in range(3))
-        grad[c, c] += 1.0
-
-    # NumPy releases the GIL on large arrays: the three components run on all cores.
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        list(pool.map(component_gradient, range(3)))
-    (a, b, c_), (d, e, f), (g_, h, i) = grad
-    cofactor_terms = (lambda: a * (e * i - f * h), lambda: b * (d * i - f * g_), lambda: c_ * (d * h - e * g_))
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        det, second, third = pool.map(lambda term: term(), cofactor_terms)
-    det -= second
-    det += third
-    return det
+    if not u.any():  # the zero method: J = 1 without the pass over 9 derivatives
+        return np.ones(u.shape[:3], np.float32)
+    return kernels.jacobian_determinant(u, g)
 
 
 def compose(u, v, reference=None) -> np.ndarray:
