@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "register-series": "regnet.register",
     "evaluate": "regnet.evaluate",
     "compare": "regnet.report",
+    "evaluate-synthetic": "regnet.evaluate_synthetic",
 }
 
 
