@@ -37,6 +37,8 @@ def settings_for(pairs, **extra):
 def weights(folder):
     import keras
 
+    import regnet.networks  # noqa: F401  (registers the model class, also when no training ran here)
+
     return keras.saving.load_model(folder / "checkpoint" / "model.keras", compile=False).get_weights()
 
 
@@ -94,3 +96,56 @@ def test_a_checkpoint_of_another_network_is_refused(pairs, trained):
     (trained / "settings.json").write_text(json.dumps(other.to_dict()))  # settings say decimation4, file is crop4
     with pytest.raises(RegNetError, match="holds another network or patch size"):
         Trainer(other, trained, progress=False).load_checkpoint()
+
+
+def run_child(settings: dict, out, devices: int = 2, backend: str = "tensorflow") -> dict:
+    """Run tests/distributed_step.py in a fresh process (devices are split before the backend starts)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("distributed_step.py")
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script), json.dumps(settings), str(out), str(devices)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def without_per_replica_parts(pairs) -> dict:
+    """BASE without batch norm and input noise: the two things that differ per replica on
+    TensorFlow (see regnet.distribute)."""
+    return {**BASE, "OutputFolder": str(pairs), "NetworkOptions": {"width": 0.125, "batch_norm": False,
+                                                                   "input_noise": 0}}
+
+
+def test_mirrored_on_two_cpus_splits_the_batch_and_gives_the_same_step(pairs, tmp_path):
+    found = run_child(without_per_replica_parts(pairs), tmp_path)  # ~30 s of CPU
+    assert found["none"] == {"replicas": 1, "train_step_batches": [2]}
+    assert found["mirrored"] == {"replicas": 2, "train_step_batches": [1, 1]}  # BatchSize 2 over two CPUs
+    one, two = weights(tmp_path / "none"), weights(tmp_path / "mirrored")
+    assert any(np.abs(a).max() > 0 for a in one)
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_distribute_setting_is_checked():
+    with pytest.raises(RegNetError, match=r"Distribute must be one of 'none', 'mirrored', got 'mirored'; did you mean "
+                                          r"'mirrored'\?"):
+        load_settings({**BASE, "Distribute": "mirored"})
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused(monkeypatch):
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from regnet import distribute
+
+    two = SimpleNamespace(num_replicas_in_sync=2, scope=nullcontext)
+    monkeypatch.setattr(distribute, "_tensorflow_strategy", lambda: two)
+    with pytest.raises(RegNetError, match=r"BatchSize 15 does not split evenly over 2 devices.*multiple of 2"):
+        with distribute.distribution_scope("mirrored", 15):
+            pass
+    with distribute.distribution_scope("mirrored", 14) as strategy:
+        assert distribute.replicas(strategy) == 2
