@@ -149,3 +149,30 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused(monkeypatch):
             pass
     with distribute.distribution_scope("mirrored", 14) as strategy:
         assert distribute.replicas(strategy) == 2
+
+
+def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(pairs, trained, tmp_path, monkeypatch):
+    from regnet.reading.dataset import ReaderDataset
+
+    original = ReaderDataset.__getitem__
+
+    def poisoned(self, index):  # the batch of step 3 (global batch 2) carries a NaN target
+        x, y = original(self, index)
+        if self.training and self.first + index == 2:
+            y = np.full_like(y, np.nan)
+        return x, y
+
+    monkeypatch.setattr(ReaderDataset, "__getitem__", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(RegNetError, match=r"loss became NaN or infinite at step 3; training stopped; the last good "
+                                          r"checkpoint \(step 2\) is kept in .*checkpoint"):
+        train(settings_for(pairs), out, max_steps=4, progress=False)
+    assert json.loads((out / "checkpoint" / "state.json").read_text()) == {"step": 2}
+    kept = weights(out)
+    assert all(np.isfinite(w).all() for w in kept)
+    for a, b in zip(kept, weights(trained)):  # the checkpoint is the clean 2-step model
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    import keras
+
+    best = keras.saving.load_model(out / "model.keras", compile=False).get_weights()  # from step 2's validation
+    assert all(np.isfinite(w).all() for w in best)
