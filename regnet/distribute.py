@@ -16,7 +16,7 @@ replica; with neither, one step on two replicas gives the weights of one step on
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 from regnet import RegNetError
 from regnet.settings import DISTRIBUTE_MODES
@@ -45,12 +45,42 @@ def replicas(strategy) -> int:
     return int(strategy.device_mesh.devices.size)
 
 
+def batch_sizes(schedule) -> list[int]:
+    """Every batch size a reader's pass produces (training drops the remainder; validation keeps it)."""
+    b = schedule.batch_size
+    if schedule.drop_remainder:
+        return [b]
+    sizes = set()
+    for n in schedule.chunk_lengths:
+        full, rest = divmod(schedule.samples(n), b)
+        sizes.update(([b] if full else []) + ([rest] if rest else []))
+    return sorted(sizes)
+
+
+def check_batches(settings, n: int) -> None:
+    """Every training and validation batch must split evenly over ``n`` devices: Keras scales the loss
+    by the replica count (uneven parts would weight samples unequally), and a device left without
+    samples fails (TensorFlow) or cannot be sharded (JAX)."""
+    from regnet.reading import PatchReader
+
+    for mode, key in (("Training", "NetworkTraining"), ("Validation", "NetworkValidation")):
+        reader = PatchReader(settings, mode)  # the schedule only; no thread starts before iteration
+        bad = [b for b in batch_sizes(reader.schedule) if b % n]
+        if bad:
+            run = getattr(settings, key)
+            raise RegNetError(f"Distribute = 'mirrored' over {n} devices: {mode.lower()} batches of "
+                              f"{' and '.join(map(str, batch_sizes(reader.schedule)))} patches do not split evenly "
+                              f"({key}.BatchSize {run.BatchSize}, SamplesPerImage {run.SamplesPerImage}, "
+                              f"NumberOfImagesPerChunk {run.NumberOfImagesPerChunk}, {len(reader.pairs)} pairs). "
+                              f"Make every batch a multiple of {n}: BatchSize and the patches per chunk.")
+
+
 @contextmanager
-def distribution_scope(mode: str, batch_size: int | None = None):
+def distribution_scope(mode: str, settings=None):
     """Build, compile, load and fit inside this scope; yields the strategy (None for ``"none"``).
 
-    ``batch_size``: the training batch, which must split evenly over the devices (Keras scales
-    the loss by the replica count, so uneven parts would weight samples unequally).
+    ``settings``: when given, its training and validation batches are checked to split evenly
+    over the devices (:func:`check_batches`).
     """
     if mode not in DISTRIBUTE_MODES:
         raise RegNetError(f"Distribute must be one of {', '.join(DISTRIBUTE_MODES)}, got {mode!r}.")
@@ -62,16 +92,12 @@ def distribution_scope(mode: str, batch_size: int | None = None):
     backend = keras.backend.backend()
     if backend == "tensorflow":
         strategy = _tensorflow_strategy()
-        scope = strategy.scope()
     elif backend == "jax":
         strategy = _jax_distribution()
-        scope = strategy.scope()
     else:
         raise RegNetError(f"Distribute = 'mirrored' needs the TensorFlow or JAX backend; KERAS_BACKEND is "
                           f"{backend!r}. Set KERAS_BACKEND=tensorflow or jax, or Distribute = 'none'.")
-    n = replicas(strategy)
-    if batch_size is not None and batch_size % n:
-        raise RegNetError(f"NetworkTraining.BatchSize {batch_size} does not split evenly over {n} devices "
-                          f"(Distribute = 'mirrored'); use a multiple of {n}.")
-    with scope if scope is not None else nullcontext():
+    if settings is not None:
+        check_batches(settings, replicas(strategy))
+    with strategy.scope():
         yield strategy

@@ -17,6 +17,7 @@ mean, std, max and n are exact from running sums and the quantiles are exact to 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import time
 from dataclasses import dataclass, field
@@ -169,9 +170,6 @@ def _region_masks(store: PairStore, pair: PairId, truth: sitk.Image) -> dict:
     paths = {"torso": files.fixed_torso, "lung": store.pair_dir(pair) / "DeformedLung.mha"}
     masks = {}
     for region, path in paths.items():
-        if not path.is_file():
-            raise RegNetError(f"{path}: the pair's {region} mask is missing; regenerate the pair "
-                              "(delete its done.json and run `regnet generate SETTINGS`).")
         try:
             masks[region] = mask_array(path, truth)
         except RegNetError as err:
@@ -189,6 +187,12 @@ def evaluate_pair(store: PairStore, pair: PairId, models: list, classes, groups:
 
     t0 = time.perf_counter()
     files = store.files(pair)
+    needed = [files.moving, files.moving_torso, files.fixed, files.fixed_torso, files.dvf,
+              store.pair_dir(pair) / "DeformedLung.mha"]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise RegNetError(f"{store.pair_dir(pair)}: {', '.join(missing)} missing although the pair is marked done; "
+                          "regenerate it (delete its done.json and run `regnet generate SETTINGS`).")
     truth = load_dvf(files.dvf, f"true DVF {files.dvf}")
     result = register(files.fixed, files.moving, models, fixed_mask=files.fixed_torso,
                       moving_mask=files.moving_torso, affine="none", max_patch=max_patch, progress=False)
@@ -197,6 +201,7 @@ def evaluate_pair(store: PairStore, pair: PairId, models: list, classes, groups:
     t = sitk.GetArrayViewFromImage(truth)
     p = sitk.GetArrayViewFromImage(pred)
     method, number = store.method_of(pair)
+    zero = np.zeros(t.shape, np.float32)
     record = {"pair": pair_name(store, pair), "data": pair.image.data, "case": pair.image.cn,
               "type_im": pair.image.type_im, "stage": pair.image.stage, "dsmooth": pair.dsmooth,
               "method": method, "deform_number": number}
@@ -205,7 +210,6 @@ def evaluate_pair(store: PairStore, pair: PairId, models: list, classes, groups:
         if mask is None:
             record[region] = None
             continue
-        zero = np.zeros(t.shape, np.float32)
         record[region] = {"after": dvf_error(pred, truth, mask, classes),
                           "before": dvf_error(zero, np.asarray(t), mask, classes)}
         tt = t[mask].astype(np.float64)
@@ -322,9 +326,10 @@ def report_html(metrics: dict, figures: list[str]) -> str:
     rows = group_rows("all", metrics["overall"])
     for m, g in metrics["methods"].items():
         rows += group_rows(m, g)
-    parts = [f"<p>Model: {metrics['model']}; {metrics['mode']} pairs of {metrics['data_root']} at stage "
-             f"{metrics['stage']}; end-point error |u_pred - u_true| in mm on the fixed grid. "
-             f"{metrics['pooled']}.</p>", "<h2>End-point error (mm)</h2>", _table(header, rows)]
+    parts = [f"<p>Model: {html.escape(metrics['model'])}; {metrics['mode']} pairs of "
+             f"{html.escape(metrics['data_root'])} at stage {metrics['stage']}; end-point error |u_pred - u_true| "
+             f"in mm on the fixed grid. {metrics['pooled']}.</p>", "<h2>End-point error (mm)</h2>",
+             _table(header, rows)]
     class_header = ["method", "region", "|u_true| (mm)", "EPE mean", "p95", "before mean", "voxels"]
     class_rows = []
     for name, g in [("all", metrics["overall"]), *metrics["methods"].items()]:

@@ -173,7 +173,7 @@ class Trainer:
         ``Distribute`` names (:mod:`regnet.distribute`)."""
         from regnet.distribute import distribution_scope
 
-        with distribution_scope(self.settings.Distribute, self.settings.NetworkTraining.BatchSize):
+        with distribution_scope(self.settings.Distribute, self.settings):
             return self._run(max_steps)
 
     def _run(self, max_steps: int | None = None) -> dict:

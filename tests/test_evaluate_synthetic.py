@@ -202,3 +202,26 @@ def test_bad_out_messages(data, tmp_path, capsys):
     main(["evaluate-synthetic", str(settings_file), "--model", "none", "--quiet", "--limit", "1",
           "--out", str(tmp_path / "busy")])
     assert "refusing to replace it" in capsys.readouterr().err
+
+
+def test_a_pair_without_lungs_reports_no_lung_numbers_and_a_missing_mask_is_named(data, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(data.OutputFolder, root)
+    settings = load_settings({**SETTINGS, "OutputFolder": str(root)})
+    store = PairStore(settings)
+    first = unique_pairs(settings)[0]
+    lung_file = store.pair_dir(first) / "DeformedLung.mha"
+    lung = sitk.ReadImage(str(lung_file))
+    empty = sitk.Image(lung.GetSize(), lung.GetPixelID())
+    empty.CopyInformation(lung)
+    sitk.WriteImage(empty, str(lung_file))
+    metrics, _ = evaluate_synthetic(settings, "none", limit=2, progress=False)
+    assert metrics["pairs"][0]["lung"] is None and metrics["pairs"][0]["torso"]["after"]["n"] > 0
+    _, _, lung_second = truth_and_masks(settings, unique_pairs(settings)[1])
+    assert metrics["overall"]["lung"]["after"]["n"] == lung_second.sum()  # the lung-less pair adds none
+    store.files(first).fixed_torso.unlink()
+    with pytest.raises(RegNetError, match=r"respiratory_motion_D0: DeformedTorso.mha missing although the pair is "
+                                          r"marked done; regenerate it"):
+        evaluate_synthetic(settings, "none", limit=1, progress=False)
