@@ -141,11 +141,13 @@ def assert_same_step(one_device, replicated) -> None:
     for a, b in zip(one, two):  # Adam's step is 1e-3 per weight; float noise is ~1e-8
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
     m1, m2 = adam_moments(one_device), adam_moments(replicated)
-    assert sorted(m1) == sorted(m2) and len(m1) == 2 * len(one)
-    for key in m1:
-        scale = np.abs(m1[key]).max()
-        assert scale > 0, key
-        np.testing.assert_allclose(m2[key], m1[key], rtol=1e-3, atol=1e-4 * scale, err_msg=key)
+    assert sorted(m1) == sorted(m2) and len(m1) >= len(one)  # two per trainable weight (BN statistics have none)
+    for kind in ("_momentum", "_velocity"):  # tolerance from the largest moment of its kind: a conv bias
+        keys = [k for k in m1 if k.endswith(kind)]  # before batch norm has a gradient of float noise only
+        scale = max(np.abs(m1[k]).max() for k in keys)
+        assert scale > 0
+        for key in keys:
+            np.testing.assert_allclose(m2[key], m1[key], rtol=1e-3, atol=1e-4 * scale, err_msg=key)
 
 
 def test_mirrored_on_two_cpus_splits_the_batch_and_gives_the_same_step(pairs, tmp_path):
