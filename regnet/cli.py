@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "evaluate": "regnet.evaluate",
     "compare": "regnet.report",
     "demo": "regnet.demo",
+    "evaluate-synthetic": "regnet.evaluate_synthetic",
 }
 
 

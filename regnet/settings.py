@@ -30,6 +30,8 @@ AG_MODES = ("Resp", "NoResp", "SingleResp", "SingleOnly", "MixedOnly")
 NETWORK_DESIGNS = ("crop4_connection", "decimation4", "unet1", "crop5_connection")
 METHODS = ("zero", "translation", "single_frequency", "mixed_frequency", "respiratory_motion")
 STAGES = (1, 2, 4)
+#: Data parallel training (regnet.distribute): one device, or a model copy per device with the batch split.
+DISTRIBUTE_MODES = ("none", "mirrored")
 #: Paper patch radii (R, Ry) per network (regnet_spec.md section 3): input 2R+1, output 2Ry+1 voxels.
 PATCH_RADII = {"crop4_connection": (50, 10), "decimation4": (52, 10), "unet1": (62, 62), "crop5_connection": (62, 62)}
 
@@ -173,6 +175,9 @@ class Settings:
     NetworkOptions: dict[str, object] = field(default_factory=dict)
     MixedPrecision: bool = False
     JitCompile: bool = False
+    #: "mirrored": train on every GPU (or logical CPU) at once, the batch split between them
+    #: (tf.distribute.MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX).
+    Distribute: Literal[DISTRIBUTE_MODES] = "none"
     #: Filled by load_settings: every deform_exp used, fully resolved.
     deform_exps: dict[str, DeformExp] = field(default_factory=dict, metadata={"internal": True})
 

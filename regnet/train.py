@@ -27,7 +27,7 @@ from regnet.settings import Settings, load_settings
 
 CLI_HELP = "train a RegNet network on synthetic pairs (resumable; TensorBoard in DIR/logs)"
 #: Settings that may change between a run and its resume without changing what is trained.
-RESUMABLE_KEYS = {"OutputFolder", "Jobs", "DataFolder"}
+RESUMABLE_KEYS = {"OutputFolder", "Jobs", "DataFolder", "Distribute"}
 #: NetworkTraining keys that only say how long to train.
 RESUMABLE_TRAINING_KEYS = {"MaxIterations"}
 
@@ -167,7 +167,16 @@ class Trainer:
 
     # ------------------------------------------------------------ the run
     def run(self, max_steps: int | None = None) -> dict:
-        """Train until ``max_steps`` (default: NetworkTraining.MaxIterations); returns a summary."""
+        """Train until ``max_steps`` (default: NetworkTraining.MaxIterations); returns a summary.
+
+        The model is built (or loaded), compiled and fitted inside the scope of the devices that
+        ``Distribute`` names (:mod:`regnet.distribute`)."""
+        from regnet.distribute import distribution_scope
+
+        with distribution_scope(self.settings.Distribute, self.settings):
+            return self._run(max_steps)
+
+    def _run(self, max_steps: int | None = None) -> dict:
         from regnet.reading import PatchReader
         from regnet.training_callbacks import callbacks_for
 

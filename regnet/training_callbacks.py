@@ -89,7 +89,7 @@ class ImageSummaries(keras.callbacks.Callback):
                 x, y = next(reader)
             self._batch = (x[:1], y[:1])
         x, y = self._batch
-        pred = np.asarray(self.model.predict(x, verbose=0))
+        pred = np.asarray(self.model(x, training=False))  # not predict(): one sample cannot split over replicas
         step = int(self.model.optimizer.iterations.numpy())
 
         def middle(a):  # (1, z, y, x, c) -> (c, y, x, 1) scaled to [0, 1]
