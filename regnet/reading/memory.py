@@ -49,8 +49,11 @@ def generator_pool(kind: str, workers: int, store: PairStore) -> Executor:
     """``workers`` processes (or threads, for comparison) that make pairs for :func:`make_in_worker`."""
     if kind == "threads":
         return ThreadPoolExecutor(workers, thread_name_prefix="regnet-generator")
-    methods = mp.get_all_start_methods()
-    context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in mp.get_all_start_methods():
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(["regnet.generate", "regnet.reading.memory"])  # imported once, not per worker
+    else:
+        context = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process, initargs=(store, threads))
 
