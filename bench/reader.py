@@ -1,6 +1,6 @@
 """Patch reader throughput: crop4 patches (101^3 x 2 -> 21^3 x 3) at BatchSize 15, chunks of 16 images.
 
-    python bench/reader.py [--out DIR] [--batches N] [--workers 1 2]
+    python bench/reader.py [--out DIR] [--batches N] [--workers 1 2] [--memory processes threads] [--stage 1]
 
 Generates 16 phantom pairs at stage 1 once (kept in --out), then reports for each thread count:
 time to first batch, patches/s and batches/s for a consumer that takes batches as fast as it can,
@@ -8,6 +8,11 @@ queue occupancy for a consumer that takes one batch every 50 ms (a fast GPU step
 As the baseline for the choice of threads over processes it times, in the same run, handing one
 batch from a worker process to the consumer through a multiprocessing queue (the copy a process
 design adds to every batch).
+
+``--memory`` also times ``source="memory"`` (pairs made on the fly, 2 generator processes or threads,
+no files): its steady state is the generator's pair rate, so it runs enough batches to cross into the
+second chunk (``SamplesPerImage * 16 / 15`` batches a chunk) and reports patches/s over that span.
+``--stage 2`` makes the pairs 8x smaller for a quick look.
 """
 from __future__ import annotations
 
@@ -23,12 +28,12 @@ from regnet.reading import PatchReader
 from regnet.settings import load_settings
 
 
-def settings(out: str):
+def settings(out: str, stage: int = 1):
     return load_settings({
         "DataExpDict": [{"data": "Phantom", "deform_exp": "3D_max7_D14_K", "TrainingCNList": [1, 2, 3, 4],
                          "TrainingTypeImList": [0], "TrainingDSmoothList": [0, 4, 9, 13],
                          "ValidationCNList": [], "ValidationDSmoothList": []}],
-        "stage": 1, "NetworkDesign": "crop4_connection", "OutputFolder": out, "Jobs": 2,
+        "stage": stage, "NetworkDesign": "crop4_connection", "OutputFolder": out, "Jobs": 2,
         "NetworkTraining": {"NumberOfImagesPerChunk": 16, "SamplesPerImage": 50, "BatchSize": 15,
                             "MaxQueueSize": 20},
     })
@@ -38,9 +43,9 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def measure(s, workers: int, batches: int) -> dict:
+def measure(s, workers: int, batches: int, **source) -> dict:
     t0 = time.perf_counter()
-    with PatchReader(s, workers=workers) as reader:
+    with PatchReader(s, workers=workers, **source) as reader:
         next(reader)
         first = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -85,11 +90,25 @@ def main():
     parser.add_argument("--out", default="bench_reader_data")
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--memory", nargs="*", default=[], choices=["processes", "threads"],
+                        help="also time source='memory' with these generator pools (2 workers each)")
+    parser.add_argument("--stage", type=int, default=1)
+    parser.add_argument("--no-files", action="store_true", help="time source='memory' only (no pairs generated)")
     args = parser.parse_args()
-    s = settings(args.out)
+    s = settings(args.out, args.stage)
+    for pool in args.memory:
+        per_chunk = 16 * 50 // 15
+        r = measure(s, 2, per_chunk + 10, source="memory", generators=2, generator_pool=pool)
+        print(f"memory ({pool}, 2 generators, 2 threads, stage {args.stage}): first batch {r['first_batch_s']:.1f} s, "
+              f"{r['patches_per_s']:.1f} patches/s and {r['batches_per_s']:.2f} batches/s over {per_chunk + 10} "
+              f"batches (one chunk of 16 pairs made while cutting), queue min / mean at 1 batch per 50 ms "
+              f"{r['queue_min']} / {r['queue_mean']:.1f}")
+    if args.no_files:
+        print(f"peak RSS {peak_rss_gib():.2f} GiB (this process; generator processes not counted)")
+        return
     t0 = time.perf_counter()
     run(s, jobs=2)
-    print(f"pairs ready in {time.perf_counter() - t0:.1f} s (16 phantom pairs, stage 1)")
+    print(f"pairs ready in {time.perf_counter() - t0:.1f} s (16 phantom pairs, stage {args.stage})")
     print("| threads | first batch (s) | batches/s | patches/s | queue min / mean at 1 batch per 50 ms | chunk (GiB) |")
     print("|---|---|---|---|---|---|")
     for w in args.workers:

@@ -54,10 +54,22 @@ def _read(path: Path) -> sitk.Image:
 # ---------------------------------------------------------------- phase 1: originals
 def prepare_image(image: ImageId, store: PairStore) -> Path:
     """The original image, lung and torso on the stage grid (``stage`` mm isotropic, direction
-    kept). Masks come from the layout when it has them, else from :mod:`regnet.masks`."""
+    kept), written once per image. Masks come from the layout when it has them, else from
+    :mod:`regnet.masks`."""
     out = store.original_dir(image)
     if (out / "Torso.mha").exists():
         return out
+    on_grid, torso, lung = original_on_stage_grid(image, store)
+    write_image(lung, out / "Lung.mha")
+    write_image(on_grid, out / "Image.mha", compress=False)  # zlib: 0.7 CPU s per 20.8 M voxels, 20x the write
+    # the torso last: its presence marks a complete set
+    write_image(torso, out / "Torso.mha")
+    return out
+
+
+def original_on_stage_grid(image: ImageId, store: PairStore) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+    """(image, torso, lung) of ``image`` on the stage grid, in memory: what :func:`prepare_image`
+    writes, and what the in-memory reader uses instead of those files."""
     layout = store.layout(image.data)
     case = _case(image.cn, layout)
     original = layout.read_image(case, image.type_im)
@@ -72,11 +84,8 @@ def prepare_image(image: ImageId, store: PairStore) -> Path:
     # CT stays Int16 as RegNet's files; anything else (e.g. normalised MR) is kept as Float32
     is_float = original.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
     on_grid = on_stage_grid(original, spacing, "bspline", default, sitk.sitkFloat32 if is_float else sitk.sitkInt16)
-    write_image(on_stage_grid(lung, spacing, "nearest", 0, sitk.sitkUInt8), out / "Lung.mha")
-    write_image(on_grid, out / "Image.mha", compress=False)  # zlib: 0.7 CPU s per 20.8 M voxels, 20x the write
-    # the torso last: its presence marks a complete set
-    write_image(on_stage_grid(torso, spacing, "nearest", 0, sitk.sitkUInt8), out / "Torso.mha")
-    return out
+    return (on_grid, on_stage_grid(torso, spacing, "nearest", 0, sitk.sitkUInt8),
+            on_stage_grid(lung, spacing, "nearest", 0, sitk.sitkUInt8))
 
 
 def on_stage_grid(image: sitk.Image, spacing: float, interpolator: str, default: float, pixel_id: int) -> sitk.Image:
@@ -116,25 +125,48 @@ def _base_image(pair: PairId, store: PairStore, default: float):
     files = [names.moving, names.moving_torso, store.next_dir(pair) / "NextLung.mha"]
     if all(f.exists() for f in files):
         return [_read(f) for f in files]
+    made = make_next_image(pair, store, original, default)
+    # masks first, image last: its presence marks a complete set
+    write_image(made[1], files[1], compress=False)
+    write_image(made[2], files[2], compress=False)
+    write_image(made[0], files[0], compress=False)
+    return made
+
+
+def make_next_image(pair: PairId, store: PairStore, original, default: float) -> list[sitk.Image]:
+    """[image, torso, lung] of the next image of ``pair`` (dsmooth > 0), made from the original's."""
     exp = store.settings.deform_exps[pair.image.deform_exp]
     rngs = {k: _rng(pair.image, pair.dsmooth, k) for k in ("NextDVF", "NextSponge", "NextNoise")}
     made = next_image(*original, exp, rngs, default)
-    # masks first, image last: its presence marks a complete set
-    write_image(made["torso"], files[1], compress=False)
-    write_image(made["lung"], files[2], compress=False)
-    write_image(made["image"], files[0], compress=False)
     return [made["image"], made["torso"], made["lung"]]
 
 
-def generate_pair(pair: PairId, store: PairStore) -> dict:
-    """Make one synthetic pair (skipped when its done.json exists). Returns its statistics."""
-    if store.is_done(pair):
-        return {**store.done_stats(pair), "skipped": True}
-    t0 = time.perf_counter()
+@dataclasses.dataclass
+class MadePair:
+    """One synthetic pair in memory, before any file: what :func:`generate_pair` writes."""
+
+    pair: PairId
+    method: str
+    number: int
+    image: sitk.Image  # the base (moving) image: original or next image
+    torso: sitk.Image
+    lung: sitk.Image
+    field: sitk.Image  # the DVF, VectorFloat32 on the fixed grid
+    deformed: sitk.Image  # the fixed image, in the base image's pixel type
+    deformed_torso: sitk.Image
+    deformed_lung: sitk.Image
+    jac: np.ndarray
+
+
+def make_pair(pair: PairId, store: PairStore, base=None) -> MadePair:
+    """One synthetic pair in memory from its base ``[image, torso, lung]`` (None: read from the
+    store as the offline job does). The one code path of both the files and the in-memory reader."""
     exp = store.settings.deform_exps[pair.image.deform_exp]
     default = store.layout(pair.image.data).default_pixel_value
-    with step("next image" if pair.dsmooth else "read original"):
-        image, torso, lung = _base_image(pair, store, default)
+    if base is None:
+        with step("next image" if pair.dsmooth else "read original"):
+            base = _base_image(pair, store, default)
+    image, torso, lung = base
     g = Geometry.of(image)
     torso_arr = sitk.GetArrayViewFromImage(torso) > 0
     lung_arr = sitk.GetArrayViewFromImage(lung) > 0
@@ -157,19 +189,32 @@ def generate_pair(pair: PairId, store: PairStore) -> dict:
         final = intensity_chain(sitk.GetArrayViewFromImage(deformed), jac,
                                 sitk.GetArrayViewFromImage(deformed_torso) > 0,
                                 sitk.GetArrayViewFromImage(deformed_lung) > 0, exp, rngs)
+    fixed = image_from_array(_like_base(final, image), g)
+    return MadePair(pair, method, number, image, torso, lung, field, fixed, deformed_torso, deformed_lung, jac)
+
+
+def generate_pair(pair: PairId, store: PairStore) -> dict:
+    """Make one synthetic pair (skipped when its done.json exists). Returns its statistics."""
+    if store.is_done(pair):
+        return {**store.done_stats(pair), "skipped": True}
+    t0 = time.perf_counter()
+    made = make_pair(pair, store)
+    g = Geometry.of(made.image)
     files = store.files(pair)
     out = store.pair_dir(pair)
     with step("write files"):
         # uncompressed, as RegNet: zlib costs ~3 s per 13M-voxel DVF, 20x the write itself
-        write_dvf(field, files.dvf, compress=False)
-        write_image(deformed_torso, files.fixed_torso, compress=False)
-        write_image(deformed_lung, out / "DeformedLung.mha", compress=False)
-        write_image(image_from_array(jac, g), out / "Jac.mha", compress=False)
-        write_image(image_from_array(_like_base(final, image), g), files.fixed, compress=False)
+        write_dvf(made.field, files.dvf, compress=False)
+        write_image(made.deformed_torso, files.fixed_torso, compress=False)
+        write_image(made.deformed_lung, out / "DeformedLung.mha", compress=False)
+        write_image(image_from_array(made.jac, g), out / "Jac.mha", compress=False)
+        write_image(made.deformed, files.fixed, compress=False)
+    dvf, jac = sitk.GetArrayViewFromImage(made.field), made.jac
+    torso_arr = sitk.GetArrayViewFromImage(made.torso) > 0
     norm = magnitude(dvf)
     stats = {
         "data": pair.image.data, "case": pair.image.cn, "type_im": pair.image.type_im,
-        "dsmooth": pair.dsmooth, "stage": pair.image.stage, "method": method, "deform_number": number,
+        "dsmooth": pair.dsmooth, "stage": pair.image.stage, "method": made.method, "deform_number": made.number,
         "max_abs_component_mm": float(max(-dvf.min(), dvf.max())), "max_magnitude_mm": float(norm.max()),
         "mean_magnitude_in_torso_mm": float(norm[torso_arr].mean(dtype=np.float64)) if torso_arr.any() else 0.0,
         "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),

@@ -283,8 +283,10 @@ def test_a_missing_pair_is_generated_on_demand(copy_of):
 def test_bad_modes_are_named(root):
     with pytest.raises(RegNetError, match="mode must be one of"):
         PatchReader(settings_for(root), mode="Test")
-    with pytest.raises(RegNetError, match=r"source must be one of \('files',\), got 'memory'"):
-        PatchReader(settings_for(root), source="memory")
+    with pytest.raises(RegNetError, match=r"source must be one of \('files', 'memory'\), got 'disk'"):
+        PatchReader(settings_for(root), source="disk")
+    with pytest.raises(RegNetError, match=r"generator_pool must be one of \('processes', 'threads'\), got 'gpu'"):
+        PatchReader(settings_for(root), source="memory", generator_pool="gpu")
     with pytest.raises(RegNetError, match="no validation pairs"):
         PatchReader(settings_for(root, DataExpDict=[{**BASE["DataExpDict"][0], "ValidationCNList": []}]), "Validation")
 
@@ -311,3 +313,45 @@ def test_pairs_made_from_other_settings_are_refused(copy_of):
     done.write_text(json.dumps(legacy))
     with pytest.raises(RegNetError, match=rf"{folder}: .*its done\.json has no 'made_from' record"):
         load_pair(PairStore(settings_for(copy_of)), pair, generate_missing=False)
+
+
+def regnet_processes():
+    import multiprocessing
+
+    return [c for c in multiprocessing.active_children() if "forkserver" not in c.name]
+
+
+@pytest.mark.parametrize("pool", ["processes", "threads"])
+def test_memory_source_gives_the_patches_of_the_files_and_writes_nothing(root, tmp_path, pool):
+    """Issue 8 item 4: pairs made on the fly by the generator's code path, bitwise the batches read
+    from the files `regnet generate` wrote for the same settings (another OutputFolder: unused)."""
+    nowhere = tmp_path / "never-written"
+    memory_settings = settings_for(nowhere)
+    with PatchReader(settings_for(root), workers=1) as files, \
+            PatchReader(memory_settings, source="memory", generators=2, generator_pool=pool) as memory:
+        n = len(files)  # a whole semi-epoch: both chunks, dsmooth 0 (originals) and > 0 (next images)
+        assert n == 30
+        for (xf, yf, info_f), (xm, ym, info_m) in zip(take(files, n), take(memory, n)):
+            assert info_m == info_f
+            np.testing.assert_array_equal(xm, xf)
+            np.testing.assert_array_equal(ym, yf)
+    with PatchReader(settings_for(root), "Validation") as files, \
+            PatchReader(memory_settings, "Validation", source="memory", generator_pool=pool) as memory:
+        for (xf, yf), (xm, ym) in zip(files.one_pass(), memory.one_pass()):
+            assert memory.batch_info == files.batch_info
+            np.testing.assert_array_equal(xm, xf)
+            np.testing.assert_array_equal(ym, yf)
+    assert not nowhere.exists()
+    assert regnet_threads() == [] and regnet_processes() == []
+
+
+def test_memory_source_error_reaches_the_consumer_and_nothing_is_left_running(tmp_path):
+    """A failure inside a generator process (here: a phantom case that is no seed) surfaces with its message."""
+    settings = settings_for(tmp_path, DataExpDict=[{**BASE["DataExpDict"][0], "TrainingCNList": ["x"]}])
+    reader = PatchReader(settings, source="memory", generators=1)
+    with pytest.raises(ValueError, match="invalid literal for int.*'x'") as raised:
+        with reader:
+            take(reader, 1)
+    assert "original_on_stage_grid" in str(raised.value.__cause__)  # the worker's own traceback comes along
+    assert regnet_threads() == [] and regnet_processes() == []
+    assert not tmp_path.joinpath("DataExpDict").exists() and list(tmp_path.iterdir()) == []

@@ -1,5 +1,7 @@
 """One synthetic pair as the reader needs it: images masked to their torso, the DVF, the centre mask.
 
+Two sources, one result: :func:`load_pair` reads the pair's files, :func:`make_loaded_pair` makes
+the pair in memory by the generator's own code path (no file), bitwise the same arrays.
 Files are read through the pair store; a pair that is not on disk yet is made on demand by the
 generator's own atomic, resumable path (never polled for). A pair on disk made from other
 settings than the reader's (its done.json ``made_from`` record, see :mod:`regnet.resume`) is
@@ -48,6 +50,11 @@ class LoadedPair:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.images, self.dvf, self.torso))
 
+    def __getstate__(self):
+        """Sent from a worker process: the arrays are copied into the pickle, the SimpleITK image
+        they may view stays behind (the copy owns its data)."""
+        return {**self.__dict__, "keep_alive": None}
+
 
 def _read(path: Path, vector: bool = False) -> sitk.Image:
     if not path.is_file():
@@ -93,7 +100,6 @@ def load_pair(store: PairStore, pair: PairId, generate_missing: bool = True) -> 
         prepare_image(pair.image, store)
         generate_pair(pair, store)
     _check_made_from(store, pair)
-    layout = store.layout(pair.image.data)
     fixed_image, dvf_image = _read(files.fixed), _read(files.dvf, vector=True)
     moving_image = _read(files.moving)
     geometry = Geometry.of(dvf_image)
@@ -102,11 +108,36 @@ def load_pair(store: PairStore, pair: PairId, generate_missing: bool = True) -> 
             raise RegNetError(f"{files.dvf}: the DVF grid {geometry.size} @ {geometry.spacing} mm differs from the "
                               f"{what} {path} ({Geometry.of(image).size} @ {Geometry.of(image).spacing} mm); "
                               "the pair is inconsistent: delete its folder and regenerate it.")
-    fixed_torso = sitk.GetArrayFromImage(_read(files.fixed_torso)) > 0
-    moving_torso = sitk.GetArrayFromImage(_read(files.moving_torso)) > 0
+    return _loaded(store, pair, moving_image, _read(files.moving_torso), fixed_image, _read(files.fixed_torso),
+                   dvf_image, files.fixed_torso)
+
+
+def make_loaded_pair(store: PairStore, pair: PairId, original=None) -> LoadedPair:
+    """The pair made in memory by the generator's code path, no file read or written.
+
+    ``original``: the (image, torso, lung) of ``pair.image`` on the stage grid when already made
+    (once per image, :func:`regnet.generate.original_on_stage_grid`); made here otherwise."""
+    from regnet.generate import make_next_image, make_pair, original_on_stage_grid
+
+    if original is None:
+        original = original_on_stage_grid(pair.image, store)
+    default = store.layout(pair.image.data).default_pixel_value
+    base = list(original) if pair.dsmooth == 0 else make_next_image(pair, store, list(original), default)
+    made = make_pair(pair, store, base)
+    return _loaded(store, pair, made.image, made.torso, made.deformed, made.deformed_torso, made.field,
+                   f"{store.pair_dir(pair)} (made in memory)")
+
+
+def _loaded(store: PairStore, pair: PairId, moving_image: sitk.Image, moving_torso_image: sitk.Image,
+            fixed_image: sitk.Image, fixed_torso_image: sitk.Image, dvf_image: sitk.Image, torso_name) -> LoadedPair:
+    """The reader's arrays of a pair: both images masked to their torso and stacked, the DVF along
+    the grid axes (viewing ``dvf_image``, kept alive with it)."""
+    geometry = Geometry.of(dvf_image)
+    fixed_torso = sitk.GetArrayFromImage(fixed_torso_image) > 0
+    moving_torso = sitk.GetArrayFromImage(moving_torso_image) > 0
     if not fixed_torso.any():
-        raise RegNetError(f"{files.fixed_torso}: the torso mask is empty, so no patch centre can be drawn in it.")
-    pad = float(layout.default_pixel_value)
+        raise RegNetError(f"{torso_name}: the torso mask is empty, so no patch centre can be drawn in it.")
+    pad = float(store.layout(pair.image.data).default_pixel_value)
     dvf = to_grid_axes(sitk.GetArrayViewFromImage(dvf_image), geometry)
     moving, fixed = _masked(moving_image, moving_torso, pad), _masked(fixed_image, fixed_torso, pad)
     if moving.dtype != fixed.dtype:

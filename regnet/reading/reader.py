@@ -7,6 +7,9 @@ hands batch jobs in stream order to a small thread pool; their futures go throug
 queue of ``MaxQueueSize``. At most two chunks are in memory: the one being cut and the next.
 A worker error is re-raised in the consumer (original exception and traceback) within a poll
 interval of 0.1 s; ``close()`` cancels pending work and joins every thread.
+
+``source="memory"`` makes each chunk's pairs on the fly in worker processes by the generator's own
+code path (:mod:`regnet.reading.memory`), no file read or written: the same patches as from files.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from regnet import RegNetError
+from regnet.reading.memory import POOLS, generator_pool, make_in_worker
 from regnet.reading.pairs import LoadedPair, load_pair
 from regnet.reading.patches import cut, orient_dvf, orient_image, random_orientation
 from regnet.reading.sampling import CandidateIndex, ClassBalanceWarning, draw_centres
@@ -29,7 +33,7 @@ from regnet.settings import Settings, load_settings
 from regnet.store import PairId, PairStore, pair_list
 
 MODES = ("Training", "Validation")
-SOURCES = ("files",)  # "memory" (pairs made on the fly in worker processes) is not built yet
+SOURCES = ("files", "memory")
 _END = object()
 
 
@@ -52,14 +56,19 @@ class PatchReader:
     """
 
     def __init__(self, settings: Settings | dict | str | Path, mode: str = "Training", source: str = "files", *,
-                 workers: int = 2, start: int = 0, generate_missing: bool = True):
+                 workers: int = 2, start: int = 0, generate_missing: bool = True, generators: int | None = None,
+                 generator_pool: str = "processes"):
         if mode not in MODES:
             raise RegNetError(f"PatchReader mode must be one of {MODES}, got {mode!r}")
         if source not in SOURCES:
             raise RegNetError(f"PatchReader source must be one of {SOURCES}, got {source!r}")
+        if generator_pool not in POOLS:
+            raise RegNetError(f"PatchReader generator_pool must be one of {POOLS}, got {generator_pool!r}")
         self.settings = settings if isinstance(settings, Settings) else load_settings(settings)
         self.mode, self.source, self.workers = mode, source, max(1, int(workers))
         self.generate_missing = generate_missing
+        # source="memory": how many workers make pairs, and of which kind (processes; threads to compare)
+        self.generators, self.generator_pool = max(1, int(generators or self.workers)), generator_pool
         run = self.settings.NetworkTraining if mode == "Training" else self.settings.NetworkValidation
         self.batch_size, self.max_queue = run.BatchSize, run.MaxQueueSize
         self.R, self.Ry = self.settings.patch_radii()
@@ -86,6 +95,8 @@ class PatchReader:
         self._feeder: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._loader: ThreadPoolExecutor | None = None
+        self._makers = None  # source="memory": the generator pool
+        self._making: list[Future] = []  # its pairs of the chunk being made
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ public
@@ -130,6 +141,8 @@ class PatchReader:
     def close(self) -> None:
         """Stop every thread and drop pending work; safe to call twice and after errors."""
         self._stop.set()
+        for future in self._making:  # pairs not started are dropped now, so the loader ends soon
+            future.cancel()
         while True:  # unblock a feeder waiting on a full queue
             try:
                 item = self._queue.get_nowait()
@@ -139,10 +152,10 @@ class PatchReader:
                 item[0].cancel()
         if self._feeder is not None:
             self._feeder.join()
-        for pool in (self._pool, self._loader):
+        for pool in (self._pool, self._loader, self._makers):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        self._feeder = self._pool = self._loader = None
+        self._feeder = self._pool = self._loader = self._makers = None
 
     def seek(self, batch_number: int) -> None:
         """Restart the stream at global batch ``batch_number`` (validation: batch of the pass)."""
@@ -166,6 +179,8 @@ class PatchReader:
             return
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="regnet-patches")
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="regnet-chunks")
+        if self.source == "memory":
+            self._makers = generator_pool(self.generator_pool, self.generators, self.store)
         self._feeder = threading.Thread(target=self._feed, name="regnet-feeder", daemon=True)
         self._feeder.start()
 
@@ -216,15 +231,24 @@ class PatchReader:
             return cached
         semi_epoch = position.semi_epoch if self.mode == "Training" else 0
         members = [self.pairs[i] for i in self.schedule.chunks(semi_epoch)[position.chunk]]
-        loaded = list(self._loader_map(members))
+        loaded = self._loader_map(members, (semi_epoch, position.chunk))
         with self._lock:
             self.peak_chunk_bytes = max(self.peak_chunk_bytes, sum(p.nbytes for p in loaded))
         rng = rng_for("PatchReader", self.mode, self.settings.stage, "centres", semi_epoch, position.chunk)
         rows = self._draw(loaded, rng, f"semi-epoch {semi_epoch} chunk {position.chunk}: ")
         return Chunk(loaded, rows)
 
-    def _loader_map(self, members: list[PairId]):
-        return (load_pair(self.store, p, self.generate_missing) for p in members)
+    def _loader_map(self, members: list[PairId], chunk: tuple) -> list[LoadedPair]:
+        if self.source == "files":
+            return [load_pair(self.store, p, self.generate_missing) for p in members]
+        # grouped by image, so that a worker makes pair after pair of one image from its cached original
+        order = sorted(range(len(members)), key=lambda i: (members[i].image, i))
+        store = self.store if self.generator_pool == "threads" else None  # processes have theirs
+        futures = {i: self._makers.submit(make_in_worker, members[i], chunk, store) for i in order}
+        self._making = list(futures.values())
+        if self._stop.is_set():  # closed while submitting
+            raise RegNetError("PatchReader was closed.")
+        return [futures[i].result() for i in range(len(members))]
 
     def _draw(self, loaded: list[LoadedPair], rng: np.random.Generator, where: str) -> np.ndarray:
         if self.full_image:
