@@ -286,27 +286,33 @@ def wilcoxon_p(a, b) -> float:
 
 
 # ------------------------------------------------------------------ one evaluation
-def evaluate(dvf, fixed_mm, moving_mm, *, mask=None, truth=None, inverse=None, classes=None,
+def evaluate(dvf, fixed_mm=None, moving_mm=None, *, mask=None, truth=None, inverse=None, classes=None,
              sampling: str = "linear", outside: str = "error",
-             names=("fixed landmarks", "moving landmarks")) -> tuple[dict, LandmarkErrors, np.ndarray]:
-    """All metrics of one registration: (metrics dict, per-landmark errors, Jacobian map)."""
+             names=("fixed landmarks", "moving landmarks")) -> tuple[dict, LandmarkErrors | None, np.ndarray]:
+    """All metrics of one registration: (metrics dict, per-landmark errors, Jacobian map).
 
+    Landmarks are optional (a synthetic pair has its true DVF instead): without them the errors
+    are None and the metrics hold no TRE."""
+    if (fixed_mm is None) != (moving_mm is None):
+        raise RegNetError(f"Give both {names[0]} and {names[1]}, or neither.")
     timings = {}
     t0 = time.perf_counter()
     dvf = load_dvf(dvf)
     inside_mask = None if mask is None else mask_array(mask, dvf)
-    errors = landmark_errors(dvf, fixed_mm, moving_mm, sampling, outside, names)
-    timings["tre"] = time.perf_counter() - t0
-    ok = errors.inside
-    metrics = {
-        "tool": "regnet evaluate", "version": __version__, "sampling": sampling,
-        "tre_mm": summary(errors.tre[ok]), "initial_mm": summary(errors.initial[ok]),
-        "per_axis_mm": per_axis(errors.error[ok]),
-        "initial_per_axis_mm": per_axis((errors.fixed - errors.moving)[ok]),
-        "landmarks": {"n": len(ok), "evaluated": int(ok.sum()),
-                      "outside_dvf": [{"number": int(k + 1), "fixed_mm": errors.fixed[k].tolist()}
-                                      for k in np.flatnonzero(~ok)]},
-    }
+    metrics = {"tool": "regnet evaluate", "version": __version__, "sampling": sampling}
+    errors = None
+    if fixed_mm is not None:
+        errors = landmark_errors(dvf, fixed_mm, moving_mm, sampling, outside, names)
+        timings["tre"] = time.perf_counter() - t0
+        ok = errors.inside
+        metrics.update({
+            "tre_mm": summary(errors.tre[ok]), "initial_mm": summary(errors.initial[ok]),
+            "per_axis_mm": per_axis(errors.error[ok]),
+            "initial_per_axis_mm": per_axis((errors.fixed - errors.moving)[ok]),
+            "landmarks": {"n": len(ok), "evaluated": int(ok.sum()),
+                          "outside_dvf": [{"number": int(k + 1), "fixed_mm": errors.fixed[k].tolist()}
+                                          for k in np.flatnonzero(~ok)]},
+        })
     t0 = time.perf_counter()
     jac = jacobian_determinant(dvf)
     metrics["jacobian"] = jacobian_stats(dvf, inside_mask, jacobian=jac)
@@ -359,8 +365,8 @@ def read_landmarks_csv(path) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------ command line
 def add_arguments(p) -> None:
     p.add_argument("--dvf", type=Path, required=True, help="the DVF (on the fixed grid, pulling from the moving image)")
-    p.add_argument("--fixed-landmarks", type=Path, required=True, help="landmarks in the fixed image")
-    p.add_argument("--moving-landmarks", type=Path, required=True, help="corresponding landmarks in the moving image")
+    p.add_argument("--fixed-landmarks", type=Path, help="landmarks in the fixed image (optional with --truth)")
+    p.add_argument("--moving-landmarks", type=Path, help="corresponding landmarks in the moving image")
     p.add_argument("--fixed", type=Path, help="fixed image (figures; geometry of index landmark files)")
     p.add_argument("--moving", type=Path, help="moving image (figures; geometry of index landmark files)")
     p.add_argument("--mask", type=Path, help="mask on the DVF grid for the Jacobian and DVF error (e.g. the lung)")
@@ -395,7 +401,7 @@ def _landmarks_for(path: Path, geometry, fmt, flip_z, which: str) -> np.ndarray:
         raise
 
 
-def write_evaluation(out, metrics: dict, errors: LandmarkErrors, dvf: sitk.Image, jac: np.ndarray,
+def write_evaluation(out, metrics: dict, errors: LandmarkErrors | None, dvf: sitk.Image, jac: np.ndarray,
                      fixed: sitk.Image | None = None, moving: sitk.Image | None = None, figures: bool = True,
                      started: float | None = None) -> Path:
     """metrics.json, landmarks.csv, the figures and report.html into ``out``, replaced as a whole."""
@@ -405,7 +411,8 @@ def write_evaluation(out, metrics: dict, errors: LandmarkErrors, dvf: sitk.Image
         t0 = time.perf_counter()
         metrics["figures"] = write_evaluation_report(tmp, metrics, errors, dvf, jac, fixed=fixed, moving=moving,
                                                      figures=figures)
-        write_landmarks_csv(errors, tmp / "landmarks.csv")
+        if errors is not None:
+            write_landmarks_csv(errors, tmp / "landmarks.csv")
         metrics["seconds"]["figures_and_report"] = round(time.perf_counter() - t0, 3)
         if started is not None:
             metrics["seconds"]["total"] = round(time.perf_counter() - started, 3)
@@ -436,8 +443,15 @@ def evaluate_command(args) -> int:
         flip_z = flip_z or layout.landmark_flip_z
     if fixed_geom is None:
         fixed_geom = Geometry.of(dvf)  # the DVF lives on the fixed grid (convention)
-    fixed_pts = _landmarks_for(args.fixed_landmarks, fixed_geom, fmt, flip_z, "fixed")
-    moving_pts = _landmarks_for(args.moving_landmarks, moving_geom, fmt, flip_z, "moving")
+    if (args.fixed_landmarks is None) != (args.moving_landmarks is None):
+        raise RegNetError("Give both --fixed-landmarks and --moving-landmarks, or neither (with --truth).")
+    if args.fixed_landmarks is None and args.truth is None:
+        raise RegNetError("Nothing to measure the DVF against: give --fixed-landmarks and --moving-landmarks, "
+                          "or --truth DVF (a synthetic pair's true field).")
+    fixed_pts = moving_pts = None
+    if args.fixed_landmarks is not None:
+        fixed_pts = _landmarks_for(args.fixed_landmarks, fixed_geom, fmt, flip_z, "fixed")
+        moving_pts = _landmarks_for(args.moving_landmarks, moving_geom, fmt, flip_z, "moving")
     classes = None
     if args.truth is not None:
         if args.classes:
@@ -461,15 +475,18 @@ def evaluate_command(args) -> int:
         metrics["classes_mm"] = classes
     write_evaluation(args.out, metrics, errors, dvf, jac, fixed_img, moving_img, figures=not args.no_figures,
                      started=started)
-    t, i = metrics["tre_mm"], metrics["initial_mm"]
-    print(f"{metrics['pair']}: TRE {t['mean']:.2f} +- {t['std']:.2f} mm (median {t['median']:.2f}, "
-          f"p95 {t['p95']:.2f}, max {t['max']:.2f}, n {t['n']}); initial {i['mean']:.2f} mm; "
-          f"folding {metrics['jacobian']['folding_percent']:.3f} %, SDlogJ {metrics['jacobian']['sdlogj']:.3f}")
+    jac_text = f"folding {metrics['jacobian']['folding_percent']:.3f} %, SDlogJ {metrics['jacobian']['sdlogj']:.3f}"
+    if errors is not None:
+        t, i = metrics["tre_mm"], metrics["initial_mm"]
+        print(f"{metrics['pair']}: TRE {t['mean']:.2f} +- {t['std']:.2f} mm (median {t['median']:.2f}, "
+              f"p95 {t['p95']:.2f}, max {t['max']:.2f}, n {t['n']}); initial {i['mean']:.2f} mm; {jac_text}")
+    else:
+        print(f"{metrics['pair']}: {jac_text} (no landmarks)")
     if "dvf_error_mm" in metrics:
         d = metrics["dvf_error_mm"]
         print(f"  DVF end-point error against --truth {d['mean']:.2f} +- {d['std']:.2f} mm (median {d['median']:.2f}, "
               f"p95 {d['p95']:.2f}, {d['n']} voxels" + (" in --mask)" if args.mask else ")"))
-    if metrics["landmarks"]["outside_dvf"]:
+    if errors is not None and metrics["landmarks"]["outside_dvf"]:
         print(f"  {len(metrics['landmarks']['outside_dvf'])} landmark(s) outside the DVF grid were excluded: "
               + outside_report(errors.fixed, errors.inside, Geometry.of(dvf)))
     print(f"  {args.out / 'report.html'}")

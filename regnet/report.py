@@ -230,9 +230,11 @@ def write_evaluation_report(out: Path, metrics: dict, errors, dvf: sitk.Image, j
                            "Jacobian determinant (blue < 1 compression, red > 1 expansion, J <= 0 folding)",
                            "RdBu_r", 0.0, 2.0, "det(I + du/dp)"))
     figures.append(deformed_grid_png(dvf, out / "deformed_grid.png", background=fixed_on))
-    ok = errors.inside
-    figures.append(tre_boxplot_png({"initial": errors.initial[ok], "after": errors.tre[ok]}, out / "tre_boxplot.png"))
-    figures.append(tre_scatter_png(errors.initial[ok], errors.tre[ok], out / "tre_vs_initial.png"))
+    if errors is not None:  # landmarks given
+        ok = errors.inside
+        figures.append(tre_boxplot_png({"initial": errors.initial[ok], "after": errors.tre[ok]},
+                                       out / "tre_boxplot.png"))
+        figures.append(tre_scatter_png(errors.initial[ok], errors.tre[ok], out / "tre_vs_initial.png"))
     (out / "report.html").write_text(evaluation_html(metrics, figures), encoding="utf-8")
     return figures
 
@@ -283,13 +285,15 @@ CAPTIONS = {
 def evaluation_html(metrics: dict, figures: list[str], *, title: str | None = None, intro=(), prefix: str = "") -> str:
     """The evaluation page; ``intro``: HTML parts put first, ``prefix``: where the figures and files are
     relative to the page (the demo's report.html sits one folder above its evaluation)."""
-    parts = [*intro, "<h2>Landmarks (mm)</h2>",
-             _table(["", "mean", "std", "median", "p95", "max", "n"],
-                    _stats_rows({"TRE": metrics["tre_mm"], "initial": metrics["initial_mm"]}))]
-    axis = metrics["per_axis_mm"]
-    parts.append(_table(["signed error after", "x", "y", "z"],
-                        [[k, *(axis[a][k] for a in "xyz")] for k in ("mean", "std", "mae")]))
-    outside = metrics["landmarks"]["outside_dvf"]
+    parts = [*intro]
+    if "tre_mm" in metrics:
+        parts += ["<h2>Landmarks (mm)</h2>", _table(["", "mean", "std", "median", "p95", "max", "n"],
+                                                     _stats_rows({"TRE": metrics["tre_mm"],
+                                                                  "initial": metrics["initial_mm"]}))]
+        axis = metrics["per_axis_mm"]
+        parts.append(_table(["signed error after", "x", "y", "z"],
+                            [[k, *(axis[a][k] for a in "xyz")] for k in ("mean", "std", "mae")]))
+    outside = metrics.get("landmarks", {}).get("outside_dvf")
     if outside:
         parts.append(f"<p>{len(outside)} landmark(s) outside the DVF grid, excluded from the statistics:</p>")
         parts.append(_table(["landmark", "fixed x", "fixed y", "fixed z"],
@@ -317,8 +321,8 @@ def evaluation_html(metrics: dict, figures: list[str], *, title: str | None = No
     settings = {"sampling": metrics.get("sampling"), "classes_mm": metrics.get("classes_mm"),
                 **(metrics.get("inputs") or {})}
     parts += ["<h2>Settings</h2>", _table(["setting", "value"], [[k, v] for k, v in settings.items() if v is not None]),
-              (f"<p>Per-landmark values: <a href=\"{prefix}landmarks.csv\">landmarks.csv</a>; all numbers: "
-               f"<a href=\"{prefix}metrics.json\">metrics.json</a>.</p>")]
+              (f"<p>Per-landmark values: <a href=\"{prefix}landmarks.csv\">landmarks.csv</a>; " if "tre_mm" in metrics
+               else "<p>") + f"All numbers: <a href=\"{prefix}metrics.json\">metrics.json</a>.</p>"]
     return _page(title or f"Registration evaluation: {metrics.get('pair', '')}", parts)
 
 
@@ -342,6 +346,9 @@ def load_result(folder) -> dict:
     for d in found:
         metrics = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
         pair = d.name if d != folder else metrics.get("pair") or d.name
+        if not (d / "landmarks.csv").is_file():
+            raise RegNetError(f"{d}: evaluated without landmarks (no landmarks.csv); compare needs TRE per "
+                              "landmark, so evaluate with --fixed-landmarks and --moving-landmarks.")
         out[pair] = {"metrics": metrics, "landmarks": read_landmarks_csv(d / "landmarks.csv")}
     return out
 

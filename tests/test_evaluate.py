@@ -370,3 +370,32 @@ def test_cli_dirlab_index_files_with_a_layout(tmp_path, capsys):
     assert metrics["tre_mm"]["mean"] == pytest.approx(metrics["initial_mm"]["mean"], abs=1e-9)
     assert metrics["tre_mm"]["n"] == 300
     capsys.readouterr()
+
+
+def test_cli_evaluate_with_the_true_dvf_and_no_landmarks(tmp_path, capsys):
+    _tiny_case(tmp_path)
+    dvf = sitk.ReadImage(str(tmp_path / "dvf.mha"))
+    half = sitk.GetArrayFromImage(dvf) * 0.5  # finds half the truth: error |u| / 2 everywhere
+    found = sitk.GetImageFromArray(half, isVector=True)
+    found.CopyInformation(dvf)
+    sitk.WriteImage(found, str(tmp_path / "half.mha"))
+    out = tmp_path / "synthetic"
+    assert main(["evaluate", "--dvf", str(tmp_path / "half.mha"), "--truth", str(tmp_path / "dvf.mha"),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(no landmarks)" in printed and "TRE" not in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "tre_mm" not in metrics and not (out / "landmarks.csv").exists()
+    expected = np.linalg.norm(half, axis=-1).mean()
+    assert metrics["dvf_error_mm"]["mean"] == pytest.approx(expected, rel=1e-5)
+    page = (out / "report.html").read_text()
+    assert "tre_boxplot.png" not in page and "Landmarks (mm)" not in page
+    # neither landmarks nor truth: nothing to measure against; one landmark file alone: both or neither
+    assert main(["evaluate", "--dvf", str(tmp_path / "half.mha"), "--out", str(tmp_path / "x")]) != 0
+    assert "give --fixed-landmarks and --moving-landmarks, or --truth" in capsys.readouterr().err
+    assert main(["evaluate", "--dvf", str(tmp_path / "half.mha"), "--truth", str(tmp_path / "dvf.mha"),
+                 "--fixed-landmarks", str(tmp_path / "fixed.csv"), "--out", str(tmp_path / "y")]) != 0
+    assert "both --fixed-landmarks and --moving-landmarks, or neither" in capsys.readouterr().err
+    # compare needs landmarks and says so
+    assert main(["compare", str(out), str(out), "--names", "a", "b", "--out", str(tmp_path / "cmp")]) != 0
+    assert "evaluated without landmarks" in capsys.readouterr().err
