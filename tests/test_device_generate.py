@@ -269,7 +269,8 @@ def test_generate_pairs_is_deterministic_and_consistent(phantom):
         assert np.abs(first["fixed"][b] - clean)[~inside].max() <= 0.5
         factor = rng_for(*keys[b], "Sponge").uniform(*EXP.Sponge_ScaleRange)
         jac = np.clip(jacobian_determinant(first["dvf"][b], g), *EXP.Sponge_JacobianClip)
-        residual = (first["fixed"][b] - ((clean + 1000) * jac * factor - 1000))[inside]   # the noise, N(mean, 10)
+        scale = 1.0 + (factor - 1.0) * np.clip((-200.0 - clean) / 400.0, 0.0, 1.0)  # factor on parenchyma only
+        residual = (first["fixed"][b] - ((clean + 1000) * jac * scale - 1000))[inside]   # the noise, N(mean, 10)
         assert abs(residual.std() - EXP.Im_NoiseSigma) < 0.5 and abs(residual.mean()) <= EXP.Im_NoiseAverage + 0.5
     other = run([k[:-1] + ("other",) for k in keys])
     assert np.abs(other["dvf"] - first["dvf"]).max() > 1.0

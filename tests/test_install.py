@@ -33,7 +33,7 @@ SETTINGS = {
 
 
 def _run(command, **kwargs):
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, **kwargs)
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, encoding="utf-8", **kwargs)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
