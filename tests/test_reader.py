@@ -316,9 +316,12 @@ def test_pairs_made_from_other_settings_are_refused(copy_of):
 
 
 def regnet_processes():
+    """Child processes the reader may have left: not the forkserver, and not joblib's reusable loky
+    workers, which earlier `regnet generate` calls in the same pytest process keep alive on purpose."""
     import multiprocessing
 
-    return [c for c in multiprocessing.active_children() if "forkserver" not in c.name]
+    return [c for c in multiprocessing.active_children()
+            if "forkserver" not in c.name and not c.name.startswith("LokyProcess")]
 
 
 @pytest.mark.parametrize("pool", ["processes", "threads"])
