@@ -69,8 +69,8 @@ def test_the_held_out_pair_is_registered_better_than_not_at_all(demo):
 def test_the_report_and_its_files_are_there(demo):
     out, record = demo
     page = (out / "report.html").read_text()
-    for name in ("training_curve.png", "evaluation/overlay.png", "evaluation/jacobian.png", "training/model.keras",
-                 "tensorboard --logdir"):
+    for name in ("training_curve.png", "evaluation/overlay.png", "evaluation/jacobian.png",
+                 "training/checkpoint/model.keras", "tensorboard --logdir"):
         assert name in page
     for name in ("training_curve.png", "evaluation/overlay.png", "evaluation/metrics.json", "training/model.keras",
                  "registration/dvf.mha", "demo.json"):
