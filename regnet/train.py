@@ -141,7 +141,7 @@ class Trainer:
                       metrics=class_metrics(self.settings.class_balanced()), jit_compile=self.settings.JitCompile)
 
     def load_checkpoint(self):
-        from regnet import networks
+        from regnet import losses, metrics, networks  # noqa: F401 - registers the loss and metrics for loading
 
         try:
             model = self.keras.saving.load_model(self.checkpoint, compile=True)
@@ -183,10 +183,10 @@ class Trainer:
         run = self.settings.NetworkTraining
         total = int(max_steps or run.MaxIterations)
         step = self.last_step()
+        if step and step >= total:  # nothing to train: the checkpoint is not even loaded
+            return {"steps": step, "resumed_from": step, "seconds": 0.0, "out": str(self.out)}
         model = self.load_checkpoint() if step else self.build_model()
         self.settings.write_json(self.out / "settings.json")
-        if step >= total:
-            return {"steps": step, "resumed_from": step, "seconds": 0.0, "out": str(self.out)}
         every = run.ValidationEvery
         t0 = time.perf_counter()
         with PatchReader(self.settings, "Training", workers=self.workers, start=step) as train_reader, \

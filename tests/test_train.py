@@ -226,3 +226,19 @@ def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(pairs, 
 
     best = keras.saving.load_model(out / "model.keras", compile=False).get_weights()  # from step 2's validation
     assert all(np.isfinite(w).all() for w in best)
+
+
+def test_the_command_resumes_in_a_new_process(pairs, trained, tmp_path):
+    # a fresh interpreter has not imported regnet.losses/metrics: loading the checkpoint must still work
+    settings = tmp_path / "settings.json"
+    settings_for(pairs).write_json(settings)
+    run_dir = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(trained, run_dir)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-m", "regnet", "train", str(settings), "--out", str(run_dir),
+                           "--steps", "3"], capture_output=True, text=True, encoding="utf-8", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained to step 3" in done.stdout
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text()) == {"step": 3}
