@@ -20,12 +20,12 @@ from __future__ import annotations
 import copy
 import html
 import json
-import time
 from pathlib import Path
 
 from regnet import RegNetError
 from regnet.files import write_json_atomic
 from regnet.settings import Settings, load_settings
+from regnet.timing import Clock
 
 CLI_HELP = "the whole product on the built-in phantom: generate, train, register, evaluate, report"
 
@@ -109,16 +109,6 @@ def zero_field_error(truth, mask=None, classes=None) -> dict:
     return dvf_error(zero, truth, mask, classes)
 
 
-def _history(training: Path) -> list[dict]:
-    path = training / "history.csv"
-    if not path.is_file():
-        return []
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
-
-
 def training_curve_png(history: list[dict], every: int, zero_epe: float | None, path: Path) -> str | None:
     """Validation end-point error against training step, with the zero-prediction error as a line."""
     from regnet.figures import pyplot, save_png
@@ -144,29 +134,12 @@ def training_curve_png(history: list[dict], every: int, zero_epe: float | None, 
     return path.name
 
 
-class Clock:
-    def __init__(self):
-        self.seconds = {}
-
-    def __call__(self, name: str):
-        clock = self
-
-        class _Span:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                clock.seconds[name] = round(time.perf_counter() - self.t0, 2)
-
-        return _Span()
-
-
 def run_demo(out, values: dict | None = None, steps: int | None = None, progress: bool = True) -> dict:
     """Generate, train (or resume), register the held-out pair, evaluate, report; returns demo.json."""
     from regnet.evaluate import evaluate, write_evaluation
     from regnet.generate import run as generate
     from regnet.register import register
-    from regnet.train import Trainer, last_validation
+    from regnet.train import Trainer, last_validation, read_history
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -220,7 +193,7 @@ def run_demo(out, values: dict | None = None, steps: int | None = None, progress
         write_evaluation(out / "evaluation", metrics, errors, result.dvf, jac, result.fixed, result.moving)
 
     say("[5/5] report")
-    history = _history(trainer.out)
+    history = read_history(trainer.out / "history.csv")
     zero_val = last_validation(trainer.out / "history.csv").get("val_zero_epe")
     record = {
         "settings": str(trainer.out / "settings.json"), "model": str(model),

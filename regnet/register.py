@@ -28,7 +28,7 @@ import sys
 import time
 import types
 from collections.abc import Callable
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -38,6 +38,7 @@ import SimpleITK as sitk
 
 from regnet import RegNetError, __version__
 from regnet.geometry import Geometry
+from regnet.timing import Clock
 
 CLI_HELP = "register MOVING to FIXED: affine pre-alignment + multi-stage RegNet -> dvf.mha, warped_moving.mha"
 REGISTER_SERIES_CLI_HELP = ("register every image of a series (or volume of a 4D file) to one reference, "
@@ -406,19 +407,6 @@ def _background(image: sitk.Image) -> float:
 
 
 # ---------------------------------------------------------------- the pipeline
-class _Clock:
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
-
-
 def _resolve_affine(affine) -> tuple[str, sitk.Transform | None]:
     if affine is None:
         return "none", None
@@ -454,7 +442,7 @@ def register(fixed, moving, models=None, fixed_mask=None, moving_mask=None, affi
     )
     from regnet.tiling import tiled_predict
 
-    clock = _Clock()
+    clock = Clock()
     with clock("read"):
         fixed_image, moving_image = _as_image(fixed, "fixed"), _as_image(moving, "moving")
         fixed_mask = _as_mask(fixed_mask, fixed_image, "fixed")

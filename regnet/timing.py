@@ -32,3 +32,19 @@ def recording():
         yield _recorded
     finally:
         _recorded = previous
+
+
+class Clock:
+    """Seconds per named step of one run (``with clock("read"): ...``), kept in ``clock.seconds`` in
+    order: a report of its own, unlike :func:`step`, which feeds the benchmarks' global recording."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)

@@ -222,15 +222,19 @@ class Trainer:
                 "best_val_epe": callbacks[1].best}
 
 
-def last_validation(history) -> dict:
-    """The last validation row of a history.csv (numbers), {} when there is none."""
+def read_history(history) -> list[dict[str, float]]:
+    """The rows of a history.csv as numbers (empty cells left out); [] when there is none yet."""
     import csv
 
     if not Path(history).is_file():
-        return {}
+        return []
     with open(history, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("val_epe")]
-    return {k: float(v) for k, v in rows[-1].items() if v} if rows else {}
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+
+
+def last_validation(history) -> dict[str, float]:
+    """The last validation row of a history.csv, {} when there is none."""
+    return next((row for row in reversed(read_history(history)) if "val_epe" in row), {})
 
 
 def train(settings, out, max_steps: int | None = None, force: bool = False, progress: bool = True) -> dict:

@@ -31,14 +31,10 @@ class Guard(keras.callbacks.Callback):
 def best_so_far(history) -> float:
     """The lowest val_epe of earlier segments of this run (history.csv), so a resumed run keeps
     ``model.keras`` until it really does better."""
-    import csv
-    from pathlib import Path
+    from regnet.train import read_history
 
-    if not Path(history).is_file():
-        return math.inf
-    with open(history, newline="", encoding="utf-8") as fh:
-        values = [float(row["val_epe"]) for row in csv.DictReader(fh) if row.get("val_epe") not in (None, "")]
-    return min((v for v in values if math.isfinite(v)), default=math.inf)
+    return min((row["val_epe"] for row in read_history(history) if math.isfinite(row.get("val_epe", math.nan))),
+               default=math.inf)
 
 
 class BestModel(keras.callbacks.Callback):
