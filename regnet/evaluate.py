@@ -259,9 +259,14 @@ def dvf_error(pred, truth, mask=None, classes=None) -> dict:
     else:
         d, tt = p[inside] - t[inside], t[inside]
     epe = np.sqrt(np.einsum("ij,ij->i", d, d, dtype=np.float64))
+    size = None if classes is None else np.sqrt(np.einsum("ij,ij->i", tt, tt, dtype=np.float64))
+    return error_summary(epe, size, classes)
+
+
+def error_summary(epe: np.ndarray, size: np.ndarray | None = None, classes=None) -> dict:
+    """Statistics of per-voxel errors, overall and per class of the true magnitude ``size`` (mm)."""
     out = summary(epe)
     if classes is not None:
-        size = np.sqrt(np.einsum("ij,ij->i", tt, tt, dtype=np.float64))
         out["classes"] = []
         for lo, hi in magnitude_class_edges(classes):  # the classes the reader balances
             sel = (size >= lo) & (size < hi)

@@ -275,15 +275,15 @@ def _lung_like_components(air: sitk.Image, image: sitk.Image) -> sitk.Image:
     index = np.arange(1, n + 1)
     sizes = ndimage.sum_labels(np.ones_like(labels, np.float32), labels, index)
     pure_air = ndimage.sum_labels((hu < PURE_AIR_HU).astype(np.float32), labels, index) / np.maximum(sizes, 1)
-    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    big = sizes * voxel_ml >= DARK_LUNG_MIN_ML
+    volume_ml = sizes * _voxel_ml(image)
+    big = volume_ml >= DARK_LUNG_MIN_ML
     upper = np.zeros(n, bool)
     if big.any():
         z = np.broadcast_to(world_coordinate(Geometry.of(image), 2), labels.shape)  # cranio-caudal, + up
         mid = 0.5 * (float(z.min()) + float(z.max()))
         upper = np.asarray(ndimage.maximum(z, labels, index)) > mid
     lung_like = (pure_air < MAX_PURE_AIR_FRACTION) | (big & upper)
-    keep = index[lung_like & (sizes * voxel_ml >= 20.0)]
+    keep = index[lung_like & (volume_ml >= 20.0)]
     return _like(np.isin(labels, keep), image)
 
 
@@ -322,7 +322,7 @@ def _warn_if_little_lung(image: sitk.Image, torso: sitk.Image, lung: sitk.Image)
     if litres >= MIN_CHEST_LUNG_L:
         return
     inside_air = (sitk.GetArrayViewFromImage(image) < LUNG_HU) & (sitk.GetArrayViewFromImage(torso) > 0)
-    air_l = float(inside_air.sum()) * float(np.prod(image.GetSpacing())) / 1e6
+    air_l = float(inside_air.sum()) * _voxel_ml(image) / 1000.0
     if air_l >= MIN_CHEST_LUNG_L:
         warnings.warn(f"Lung mask of only {litres:.2f} L although the body holds {air_l:.2f} L of air below "
                       f"{LUNG_HU:g} HU: if this CT covers the chest, the lung was not found (check the overlay "

@@ -259,8 +259,10 @@ def train_command(args) -> int:
     summary = train(settings, args.out, max_steps=args.steps, force=args.force)
     best = summary.get("best_val_epe")
     zero = last_validation(Path(summary["out"]) / "history.csv").get("val_zero_epe")
+    suffix = ""
+    if best is not None and math.isfinite(best):
+        baseline = f"; predicting zero gives {zero:.3f} mm" if zero is not None else ""
+        suffix = f" (validation end-point error {best:.3f} mm{baseline})"
     print(f"trained to step {summary['steps']} in {summary['seconds']:.0f} s; best model {summary['out']}/model.keras"
-          + (f" (validation end-point error {best:.3f} mm" if best is not None and math.isfinite(best) else "")
-          + (f"; predicting zero gives {zero:.3f} mm)" if best is not None and math.isfinite(best) and zero else
-             (")" if best is not None and math.isfinite(best) else "")))
+          + suffix)
     return 0

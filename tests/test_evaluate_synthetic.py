@@ -12,10 +12,8 @@ import SimpleITK as sitk
 
 from regnet import RegNetError
 from regnet.cli import main
-from regnet.deform.field import to_grid_axes
 from regnet.evaluate_synthetic import BIN_MM, Pooled, evaluate_synthetic
 from regnet.generate import run
-from regnet.geometry import Geometry
 from regnet.register import FunctionStageModel
 from regnet.settings import load_settings
 from regnet.store import PairStore, pair_list
@@ -105,7 +103,9 @@ class TruthOracle:
             files = store.files(pair)
             fixed = read(files.fixed).astype(np.float32)
             u = sitk.ReadImage(str(files.dvf))
-            self.candidates.append((fixed, to_grid_axes(sitk.GetArrayFromImage(u), Geometry.of(u))))
+            # along the grid's index axes by hand, D^T u (what the network answers), not with the code's to_grid_axes
+            direction = np.array(u.GetDirection()).reshape(3, 3)
+            self.candidates.append((fixed, (sitk.GetArrayFromImage(u) @ direction).astype(np.float32)))
         self.calls = 0
 
     def __call__(self, x):
