@@ -66,17 +66,20 @@ def stale_pairs(pairs, store: PairStore) -> dict[PairId, list[str]]:
 
 def describe_stale(stale: dict[PairId, list[str]], store: PairStore, total: int) -> str:
     """One message: how many pairs, which keys (old -> new for the first pair), and the way out."""
-    first, keys = next(iter(stale.items()))
-    all_keys = sorted({k for ks in stale.values() for k in ks})
-    if keys == ["(no record)"]:
-        detail = ("their done.json has no 'made_from' record (made by an older regnet), so they cannot be shown "
-                  "to match")
-    else:
+    unrecorded = sum(keys == ["(no record)"] for keys in stale.values())
+    recorded_pairs = [(pair, keys) for pair, keys in stale.items() if keys != ["(no record)"]]
+    parts = []
+    if recorded_pairs:  # the example comes from a pair that has a record to compare with
+        first, keys = recorded_pairs[0]
         recorded = json.loads((store.pair_dir(first) / "done.json").read_text(encoding="utf-8"))["made_from"]
         now = made_from(first, store)["parameters"]
         shown = [f"{k} {recorded['parameters'].get(k)!r} -> {now.get(k)!r}" for k in keys[:5]]
-        detail = "differing keys: " + ", ".join(k for k in all_keys if k != "(no record)") + \
-                 f" (e.g. {store.pair_dir(first)}: {'; '.join(shown)})"
+        all_keys = sorted({k for _, ks in recorded_pairs for k in ks})
+        parts.append("differing keys: " + ", ".join(all_keys) + f" (e.g. {store.pair_dir(first)}: {'; '.join(shown)})")
+    if unrecorded:
+        parts.append(f"{unrecorded} of them: their done.json has no 'made_from' record (made by an older regnet), "
+                     "so they cannot be shown to match")
+    detail = "; ".join(parts)
     return (f"{len(stale)} of {total} finished pairs under {store.root} were made from other settings; {detail}. "
             "Re-run with --overwrite (Python: overwrite=True) to make them again with these settings, or choose "
             "a new OutputFolder (--out).")
