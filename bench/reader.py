@@ -3,7 +3,8 @@
     python bench/reader.py [--out DIR] [--batches N] [--workers 1 2] [--memory processes threads] [--stage 1]
 
 Generates 16 phantom pairs at stage 1 once (kept in --out), then reports for each thread count:
-time to first batch, patches/s and batches/s for a consumer that takes batches as fast as it can,
+time to first batch, patches/s and batches/s for a consumer that takes batches as fast as it can
+(after as many batches as the reader keeps arrays for, so that arrays are recycled as in training),
 queue occupancy for a consumer that takes one batch every 50 ms (a fast GPU step), and peak RSS.
 As the baseline for the choice of threads over processes it times, in the same run, handing one
 batch from a worker process to the consumer through a multiprocessing queue (the copy a process
@@ -48,6 +49,8 @@ def measure(s, workers: int, batches: int, **source) -> dict:
     with PatchReader(s, workers=workers, **source) as reader:
         next(reader)
         first = time.perf_counter() - t0
+        for _ in range(reader._buffers.capacity):  # until batch arrays are recycled: the steady state
+            next(reader)
         t1 = time.perf_counter()
         for _ in range(batches):
             next(reader)

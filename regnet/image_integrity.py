@@ -84,20 +84,27 @@ def _check_nifti(path: Path, head: bytes, size: int) -> None:
 
 
 # ---------------------------------------------------------------- MetaImage
-def _check_metaimage(path: Path) -> None:
+def metaimage_header(path) -> tuple[dict[str, str], int] | None:
+    """The key = value lines of a MetaImage header up to ``ElementDataFile`` and the byte offset
+    right after it (where LOCAL voxel data start); None when the file has no such header."""
     with open(path, "rb") as fh:
         blob = fh.read(1 << 16)
-    header, data_start = {}, None
+    header = {}
     for match in re.finditer(rb"([^\r\n]*)(\r\n|\n|\r|$)", blob):
         key, sep, value = match.group(1).decode("latin-1").partition("=")
         if not sep:
             continue
         header[key.strip()] = value.strip()
         if key.strip() == "ElementDataFile":
-            data_start = match.end()
-            break
-    if data_start is None or "DimSize" not in header:
+            return (header, match.end()) if "DimSize" in header else None
+    return None
+
+
+def _check_metaimage(path: Path) -> None:
+    parsed = metaimage_header(path)
+    if parsed is None:
         return  # not a header we understand; SimpleITK decides
+    header, data_start = parsed
     try:
         dims = [int(v) for v in header["DimSize"].split()]
         channels = int(header.get("ElementNumberOfChannels", "1"))

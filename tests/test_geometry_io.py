@@ -12,6 +12,7 @@ from regnet.io import (
     dvf_to_array,
     dvf_to_image,
     image_from_array,
+    map_metaimage,
     read_dvf,
     read_image,
     resample_isotropic,
@@ -150,3 +151,38 @@ def test_dvf_round_trip_keeps_components_units_and_geometry(tmp_path, rotated_im
         dvf_to_image(dvf[..., :2], rotated_image)
     with pytest.raises(RegNetError, match="3 components"):
         read_image(write_image(rotated_image, tmp_path / "scalar.mha"), vector=True)
+
+
+@pytest.mark.parametrize("pixel", [sitk.sitkInt16, sitk.sitkUInt8, sitk.sitkFloat32, sitk.sitkVectorFloat32])
+def test_mapped_metaimage_equals_simpleitks_read(tmp_path, rotated_image, pixel):
+    """The reader maps the job's .mha files: same voxels and grid as SimpleITK reads them."""
+    array = sitk.GetArrayFromImage(rotated_image) * 100
+    if pixel == sitk.sitkVectorFloat32:
+        image = image_from_array(np.stack([array, -array, 2 * array], axis=-1).astype(np.float32), rotated_image)
+    else:
+        image = sitk.Cast(image_from_array(array.astype(np.float32), rotated_image), pixel)
+    path = write_image(image, tmp_path / "a.mha", compress=False)
+    mapped, geometry = map_metaimage(path, vector=pixel == sitk.sitkVectorFloat32)
+    np.testing.assert_array_equal(mapped, sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+    assert mapped.dtype == sitk.GetArrayViewFromImage(image).dtype
+    assert geometry == Geometry.of(image)
+
+
+def test_only_uncompressed_one_file_metaimages_are_mapped(tmp_path, rotated_image):
+    for name, compress in (("a.mha", True), ("a.nii.gz", False), ("a.mhd", False), ("a.nrrd", False)):
+        assert map_metaimage(write_image(rotated_image, tmp_path / name, compress=compress)) is None, name
+    assert map_metaimage(tmp_path / "missing.mha") is None
+
+
+def test_a_mapped_file_is_checked_as_a_read_one(tmp_path, rotated_image):
+    path = write_image(rotated_image, tmp_path / "a.mha", compress=False)
+    with pytest.raises(RegNetError, match="a DVF needs 3 components per voxel, found 1"):
+        map_metaimage(path, vector=True)
+    nan = sitk.GetArrayFromImage(rotated_image)
+    nan[2, 3, 4] = np.nan
+    path = write_image(image_from_array(nan, rotated_image), tmp_path / "nan.mha", compress=False)
+    with pytest.raises(RegNetError, match="nan.mha contains 1 NaN or infinite values"):
+        map_metaimage(path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(RegNetError, match="nan.mha: truncated"):
+        map_metaimage(path)

@@ -358,3 +358,22 @@ def test_memory_source_error_reaches_the_consumer_and_nothing_is_left_running(tm
     assert "original_on_stage_grid" in str(raised.value.__cause__)  # the worker's own traceback comes along
     assert regnet_threads() == [] and regnet_processes() == []
     assert not tmp_path.joinpath("DataExpDict").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_candidate_index_equals_a_numpy_classification():
+    """Candidates: torso voxels at least `margin` inside every border, classed by |u| (by hand)."""
+    from regnet.reading.sampling import CandidateIndex
+
+    rng = np.random.default_rng(3)
+    dvf = rng.normal(scale=3.0, size=(11, 13, 17, 3)).astype(np.float32)
+    torso = rng.random((11, 13, 17)) < 0.6
+    thresholds = [1.5, 4.0, 7.0]
+    index = CandidateIndex.of(dvf, torso, thresholds, margin=2)
+    inner = np.zeros_like(torso)
+    inner[2:-2, 2:-2, 2:-2] = True
+    norm = np.sqrt((dvf.astype(np.float64) ** 2).sum(-1))
+    label = np.digitize(norm, [1.5, 4.0])  # classes [0, 1.5), [1.5, 4), [4, inf)
+    for k in range(3):
+        np.testing.assert_array_equal(index.per_class[k], np.flatnonzero(inner & torso & (label == k)))
+    assert index.counts.sum() == (inner & torso).sum() > 0
+    assert CandidateIndex.of(dvf, torso, thresholds, margin=6).counts.tolist() == [0, 0, 0]  # 11 <= 2 x 6

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from regnet import RegNetError
 from regnet.deform.field import to_grid_axes
 from regnet.geometry import Geometry
-from regnet.io import read_image
+from regnet.io import map_metaimage, read_image
 from regnet.resume import made_from, stale_pairs
 from regnet.store import PairId, PairStore
 
@@ -56,20 +56,17 @@ class LoadedPair:
         return {**self.__dict__, "keep_alive": None}
 
 
-def _read(path: Path, vector: bool = False) -> sitk.Image:
+def _read(path: Path, vector: bool = False) -> tuple[np.ndarray, Geometry]:
+    """Voxels (z, y, x[, 3]) and grid: mapped from an uncompressed ``.mha`` (the job's files), else
+    read by SimpleITK (a copy: a view would dangle once the image is freed)."""
     if not path.is_file():
         raise RegNetError(f"{path}: missing file of a generated pair (its done.json exists); delete the pair's "
                           "folder and run `regnet generate` again.")
-    return read_image(path, vector=vector)
-
-
-def _masked(image: sitk.Image, torso: np.ndarray, pad_value: float) -> np.ndarray:
-    """Voxels outside the torso set to the background, as RegNet fed them (int16 kept for CT)."""
-    array = sitk.GetArrayFromImage(image)
-    if array.dtype not in (np.int16, np.float32):
-        array = array.astype(np.float32)
-    array[~torso] = pad_value
-    return array
+    mapped = map_metaimage(path, vector=vector)
+    if mapped is not None:
+        return mapped
+    image = read_image(path, vector=vector)
+    return sitk.GetArrayFromImage(image), Geometry.of(image)
 
 
 def _check_made_from(store: PairStore, pair: PairId) -> None:
@@ -100,16 +97,17 @@ def load_pair(store: PairStore, pair: PairId, generate_missing: bool = True) -> 
         prepare_image(pair.image, store)
         generate_pair(pair, store)
     _check_made_from(store, pair)
-    fixed_image, dvf_image = _read(files.fixed), _read(files.dvf, vector=True)
-    moving_image = _read(files.moving)
-    geometry = Geometry.of(dvf_image)
-    for what, image, path in (("deformed image", fixed_image, files.fixed), ("base image", moving_image, files.moving)):
-        if not Geometry.of(image).close_to(geometry):
+    dvf, geometry = _read(files.dvf, vector=True)
+    parts = {}
+    for name, path in (("deformed image", files.fixed), ("base image", files.moving)):
+        parts[name] = _read(path)
+        if not parts[name][1].close_to(geometry):
+            grid = parts[name][1]
             raise RegNetError(f"{files.dvf}: the DVF grid {geometry.size} @ {geometry.spacing} mm differs from the "
-                              f"{what} {path} ({Geometry.of(image).size} @ {Geometry.of(image).spacing} mm); "
+                              f"{name} {path} ({grid.size} @ {grid.spacing} mm); "
                               "the pair is inconsistent: delete its folder and regenerate it.")
-    return _loaded(store, pair, moving_image, _read(files.moving_torso), fixed_image, _read(files.fixed_torso),
-                   dvf_image, files.fixed_torso)
+    return _loaded(store, pair, parts["base image"][0], _read(files.moving_torso)[0], parts["deformed image"][0],
+                   _read(files.fixed_torso)[0], dvf, geometry, files.fixed_torso)
 
 
 def make_loaded_pair(store: PairStore, pair: PairId, original=None) -> LoadedPair:
@@ -124,23 +122,24 @@ def make_loaded_pair(store: PairStore, pair: PairId, original=None) -> LoadedPai
     default = store.layout(pair.image.data).default_pixel_value
     base = list(original) if pair.dsmooth == 0 else make_next_image(pair, store, list(original), default)
     made = make_pair(pair, store, base)
-    return _loaded(store, pair, made.image, made.torso, made.deformed, made.deformed_torso, made.field,
-                   f"{store.pair_dir(pair)} (made in memory)")
+    view = sitk.GetArrayViewFromImage
+    return _loaded(store, pair, view(made.image), view(made.torso), view(made.deformed), view(made.deformed_torso),
+                   view(made.field), Geometry.of(made.field), f"{store.pair_dir(pair)} (made in memory)",
+                   keep_alive=made.field)
 
 
-def _loaded(store: PairStore, pair: PairId, moving_image: sitk.Image, moving_torso_image: sitk.Image,
-            fixed_image: sitk.Image, fixed_torso_image: sitk.Image, dvf_image: sitk.Image, torso_name) -> LoadedPair:
-    """The reader's arrays of a pair: both images masked to their torso and stacked, the DVF along
-    the grid axes (viewing ``dvf_image``, kept alive with it)."""
-    geometry = Geometry.of(dvf_image)
-    fixed_torso = sitk.GetArrayFromImage(fixed_torso_image) > 0
-    moving_torso = sitk.GetArrayFromImage(moving_torso_image) > 0
+def _loaded(store: PairStore, pair: PairId, moving: np.ndarray, moving_torso: np.ndarray, fixed: np.ndarray,
+            fixed_torso: np.ndarray, dvf: np.ndarray, geometry: Geometry, torso_name,
+            keep_alive=None) -> LoadedPair:
+    """The reader's arrays of a pair: both images masked to their torso and stacked (one copy), the
+    DVF along the grid axes (it may view a SimpleITK image: ``keep_alive`` keeps that alive)."""
+    fixed_torso, moving_torso = fixed_torso > 0, moving_torso > 0
     if not fixed_torso.any():
         raise RegNetError(f"{torso_name}: the torso mask is empty, so no patch centre can be drawn in it.")
     pad = float(store.layout(pair.image.data).default_pixel_value)
-    dvf = to_grid_axes(sitk.GetArrayViewFromImage(dvf_image), geometry)
-    moving, fixed = _masked(moving_image, moving_torso, pad), _masked(fixed_image, fixed_torso, pad)
-    if moving.dtype != fixed.dtype:
-        moving, fixed = moving.astype(np.float32), fixed.astype(np.float32)
-    return LoadedPair(pair=pair, images=np.stack([moving, fixed], axis=-1), dvf=dvf,
-                      torso=fixed_torso, geometry=geometry, pad_value=pad, keep_alive=dvf_image)
+    dtype = moving.dtype if moving.dtype == fixed.dtype and moving.dtype in (np.int16, np.float32) else np.float32
+    images = np.full(moving.shape + (2,), pad, dtype=dtype)  # voxels outside each torso: the background, as RegNet
+    np.copyto(images[..., 0], moving, where=moving_torso, casting="unsafe")
+    np.copyto(images[..., 1], fixed, where=fixed_torso, casting="unsafe")
+    return LoadedPair(pair=pair, images=images, dvf=to_grid_axes(dvf, geometry), torso=fixed_torso,
+                      geometry=geometry, pad_value=pad, keep_alive=keep_alive)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from regnet import RegNetError
+from regnet.reading.buffers import RecyclingPool
 from regnet.reading.memory import POOLS, generator_pool, make_in_worker
 from regnet.reading.pairs import LoadedPair, load_pair
 from regnet.reading.patches import cut, orient_dvf, orient_image, random_orientation
@@ -98,6 +99,8 @@ class PatchReader:
         self._makers = None  # source="memory": the generator pool
         self._making: list[Future] = []  # its pairs of the chunk being made
         self._lock = threading.Lock()
+        # batches in the queue, being cut, held by the consumer and by model.fit's adapter
+        self._buffers = RecyclingPool(self.max_queue + self.workers + 2)
 
     # ------------------------------------------------------------ public
     def __len__(self) -> int:
@@ -217,7 +220,8 @@ class PatchReader:
                     here = Position(position.semi_epoch, position.chunk, batch)
                     future = self._pool.submit(self._make_batch, chunk, here)
                     future.add_done_callback(self._fail)
-                    previous.append(future)
+                    # only the batches still being cut: a done future holds its batch (125 MB for crop4)
+                    previous = [f for f in previous if not f.done()] + [future]
                     if not self._put((future, here)):
                         return
                 position = following
@@ -276,8 +280,8 @@ class PatchReader:
     def _make_batch(self, chunk: Chunk, position: Position):
         rows = chunk.rows[position.batch * self.batch_size:(position.batch + 1) * self.batch_size]
         sx, sy = 2 * self.R + 1, 2 * self.Ry + 1
-        x = np.empty((len(rows), sx, sx, sx, 2), dtype=np.float32)
-        y = np.empty((len(rows), sy, sy, sy, 3), dtype=np.float32)
+        x = self._buffers.empty((len(rows), sx, sx, sx, 2))
+        y = self._buffers.empty((len(rows), sy, sy, sy, 3))
         rng = rng_for("PatchReader", self.mode, self.settings.stage, "augment", position.semi_epoch,
                       position.chunk, position.batch)
         info = []

@@ -13,19 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from regnet.deform.field import magnitude_class
+from regnet.deform.field import magnitude_class_edges
 
 
 class ClassBalanceWarning(UserWarning):
     """A requested magnitude class has too few voxels; its share went to the other classes."""
-
-
-def centre_candidates(torso: np.ndarray, margin: int) -> np.ndarray:
-    """Torso voxels at least ``margin`` voxels inside every border (so the output patch fits)."""
-    inner = np.zeros_like(torso, dtype=bool)
-    if all(n > 2 * margin for n in torso.shape):
-        inner[tuple(slice(margin, n - margin) for n in torso.shape)] = True
-    return inner & torso
 
 
 @dataclass
@@ -36,9 +28,12 @@ class CandidateIndex:
 
     @classmethod
     def of(cls, dvf: np.ndarray, torso: np.ndarray, thresholds, margin: int) -> CandidateIndex:
-        flat = np.flatnonzero(centre_candidates(torso, margin))
-        labels = magnitude_class(dvf.reshape(-1, 3)[flat], thresholds)  # only where centres may go
-        return cls([flat[labels == k] for k in range(len(thresholds))])
+        from regnet.reading._candidates import candidates_by_class  # Numba: imported on first use
+
+        edges = magnitude_class_edges(thresholds)
+        lows = np.asarray([lo for lo, _ in edges[1:]], np.float32)
+        flat, counts = candidates_by_class(np.asarray(dvf, np.float32), np.asarray(torso, bool), int(margin), lows)
+        return cls(np.split(flat, np.cumsum(counts)[:-1]))
 
     @property
     def counts(self) -> np.ndarray:
