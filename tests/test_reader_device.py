@@ -276,3 +276,17 @@ def test_runs_under_jax_without_tensorflow(tmp_path):
                           check=False)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
     assert not (tmp_path / "never_written").exists()
+
+
+def test_resume_compares_sources_by_the_batches_they_give():
+    from regnet.train import settings_difference
+
+    assert settings_difference({"ReaderSource": "files"}, {"ReaderSource": "memory"}) == []  # the same pairs
+    assert settings_difference({"ReaderSource": "memory"}, {"ReaderSource": "device"}) == ["ReaderSource"]
+    # a run saved before these keys existed resumes with their defaults, and only with them
+    old = {"stage": 4, "NetworkTraining": {"BatchSize": 2}}
+    assert settings_difference(old, {**old, "ReaderSource": "files",
+                                     "NetworkTraining": {"BatchSize": 2, "PairsPerBatch": 2}}) == []
+    assert settings_difference(old, {**old, "ReaderSource": "device",
+                                     "NetworkTraining": {"BatchSize": 2, "PairsPerBatch": 3}}) == [
+        "NetworkTraining.PairsPerBatch", "ReaderSource"]
