@@ -39,6 +39,7 @@ from the stable hash: deterministic on one backend, not equal between TensorFlow
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ class DeviceBatches:
                                      full_image=self.full_image, drop_remainder=False)
             self.length = self.schedule.batches_per_semi_epoch
         self._bases: dict[ImageId, BaseImage] = {}
+        self._lock = threading.Lock()
         self._order: tuple[int, np.ndarray] | None = None
         self._group: tuple[int, Group] | None = None  # validation: the group being cut
         self._needs_edges = {p.image for p in pairs if store.method_of(p)[0] == "mixed_frequency"}
@@ -144,9 +146,11 @@ class DeviceBatches:
         members, keys = [], []
         for slot in range(self.per_group):
             walk, i = divmod(int(number) * self.per_group + slot, n)
-            if self._order is None or self._order[0] != walk:
-                self._order = (walk, rng_for(SEED, self.mode, self.settings.stage, "order", walk).permutation(n))
-            pair = self.pairs[int(self._order[1][i])]
+            order = self._order  # one read: another thread may replace it (the result is the same)
+            if order is None or order[0] != walk:
+                order = (walk, rng_for(SEED, self.mode, self.settings.stage, "order", walk).permutation(n))
+                self._order = order
+            pair = self.pairs[int(order[1][i])]
             members.append(pair)
             keys.append(job_key(pair) + (SEED, int(number), slot))
         return members, keys
@@ -237,30 +241,34 @@ class DeviceBatches:
         return Group(members, keys, images, dvfs, pads, rows)
 
     def _base(self, image: ImageId) -> BaseImage:
-        """The original on the stage grid and its masks (and edges) as device tensors, made once."""
-        if image not in self._bases:
-            import SimpleITK as sitk
-            from keras import ops
+        with self._lock:  # the feeder thread and a direct caller may ask at once: made once
+            if image not in self._bases:
+                self._bases[image] = self._make_base(image)
+            return self._bases[image]
 
-            from regnet.generate import original_on_stage_grid
-            from regnet.geometry import Geometry
+    def _make_base(self, image: ImageId) -> BaseImage:
+        """The original on the stage grid and its masks (and edges) as device tensors (CPU work, once)."""
+        import SimpleITK as sitk
+        from keras import ops
 
-            on_grid, torso_image, lung_image = original_on_stage_grid(image, self.store)
-            array = sitk.GetArrayFromImage(on_grid)
-            torso = sitk.GetArrayFromImage(torso_image) > 0
-            lung = sitk.GetArrayFromImage(lung_image) > 0
-            edges = None
-            if image in self._needs_edges:
-                from regnet.deform.methods import _box_dilate, canny_edges
+        from regnet.generate import original_on_stage_grid
+        from regnet.geometry import Geometry
 
-                exp = self.settings.deform_exps[image.deform_exp]
-                region = lung if (exp.UseLungMask and lung.any()) else torso
-                edges = ops.convert_to_tensor(canny_edges(on_grid, exp, _box_dilate(region.copy())))
-            self._bases[image] = BaseImage(
-                image=ops.convert_to_tensor(array.astype(np.float32)), torso=ops.convert_to_tensor(torso),
-                lung=ops.convert_to_tensor(lung), edges=edges, geometry=Geometry.of(on_grid),
-                default=float(self.store.layout(image.data).default_pixel_value), integer=array.dtype.kind in "iu")
-        return self._bases[image]
+        on_grid, torso_image, lung_image = original_on_stage_grid(image, self.store)
+        array = sitk.GetArrayFromImage(on_grid)
+        torso = sitk.GetArrayFromImage(torso_image) > 0
+        lung = sitk.GetArrayFromImage(lung_image) > 0
+        edges = None
+        if image in self._needs_edges:
+            from regnet.deform.methods import _box_dilate, canny_edges
+
+            exp = self.settings.deform_exps[image.deform_exp]
+            region = lung if (exp.UseLungMask and lung.any()) else torso
+            edges = ops.convert_to_tensor(canny_edges(on_grid, exp, _box_dilate(region.copy())))
+        return BaseImage(
+            image=ops.convert_to_tensor(array.astype(np.float32)), torso=ops.convert_to_tensor(torso),
+            lung=ops.convert_to_tensor(lung), edges=edges, geometry=Geometry.of(on_grid),
+            default=float(self.store.layout(image.data).default_pixel_value), integer=array.dtype.kind in "iu")
 
     # ------------------------------------------------------------ centres
     def _full_image_rows(self, members, dvfs, rng) -> np.ndarray:
