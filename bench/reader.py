@@ -14,6 +14,11 @@ design adds to every batch).
 no files): its steady state is the generator's pair rate, so it runs enough batches to cross into the
 second chunk (``SamplesPerImage * 16 / 15`` batches a chunk) and reports patches/s over that span.
 ``--stage 2`` makes the pairs 8x smaller for a quick look.
+
+``--device`` also times ``source="device"`` (fresh pairs made for every batch with keras.ops on
+the Keras backend's device, ``--pairs-per-batch`` of them, no files): time to first batch (base
+images made on the CPU, first calls) and patches/s once warm. ``KERAS_BACKEND=jax`` on a GPU machine
+times the accelerator; ``--device --no-files`` skips the files figures.
 """
 from __future__ import annotations
 
@@ -66,6 +71,26 @@ def measure(s, workers: int, batches: int, **source) -> dict:
             "queue_mean": float(np.mean(occupancy)), "chunk_gib": chunk_gib}
 
 
+def measure_device(s, batches: int, pairs_per_batch: int) -> dict:
+    """source="device": the first batch (base images, first calls), then ``batches`` as fast as they come."""
+    import keras
+
+    s = load_settings({**s.to_dict(), "NetworkTraining": {**s.to_dict()["NetworkTraining"],
+                                                          "PairsPerBatch": pairs_per_batch}})
+    t0 = time.perf_counter()
+    with PatchReader(s, source="device") as reader:
+        np.asarray(next(reader)[0])
+        first = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for _ in range(batches):
+            x, y = next(reader)
+        np.asarray(x), np.asarray(y)  # wait for the device
+        fast = time.perf_counter() - t1
+    return {"backend": keras.backend.backend(), "first_batch_s": first, "batches_per_s": batches / fast,
+            "patches_per_s": batches * s.NetworkTraining.BatchSize / fast,
+            "pairs_per_s": batches * pairs_per_batch / fast}
+
+
 def _send(q, shape):
     q.put(np.zeros(shape, np.float32))
 
@@ -96,9 +121,18 @@ def main():
     parser.add_argument("--memory", nargs="*", default=[], choices=["processes", "threads"],
                         help="also time source='memory' with these generator pools (2 workers each)")
     parser.add_argument("--stage", type=int, default=1)
-    parser.add_argument("--no-files", action="store_true", help="time source='memory' only (no pairs generated)")
+    parser.add_argument("--no-files", action="store_true",
+                        help="time source='memory' / 'device' only (no pairs generated)")
+    parser.add_argument("--device", action="store_true", help="also time source='device' (keras.ops)")
+    parser.add_argument("--pairs-per-batch", type=int, default=2, help="source='device': pairs made per batch")
     args = parser.parse_args()
     s = settings(args.out, args.stage)
+    if args.device:
+        n = max(3, args.batches // 4)
+        r = measure_device(s, n, args.pairs_per_batch)
+        print(f"device ({r['backend']}, stage {args.stage}, {args.pairs_per_batch} fresh pairs per 15-patch crop4 "
+              f"batch): first batch {r['first_batch_s']:.1f} s, then {r['patches_per_s']:.1f} patches/s "
+              f"({r['batches_per_s']:.2f} batches/s, {r['pairs_per_s']:.2f} pairs/s) over {n} batches")
     for pool in args.memory:
         per_chunk = 16 * 50 // 15
         r = measure(s, 2, per_chunk + 10, source="memory", generators=2, generator_pool=pool)

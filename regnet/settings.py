@@ -32,6 +32,8 @@ METHODS = ("zero", "translation", "single_frequency", "mixed_frequency", "respir
 STAGES = (1, 2, 4)
 #: Data parallel training (regnet.distribute): one device, or a model copy per device with the batch split.
 DISTRIBUTE_MODES = ("none", "mirrored")
+#: Where the training patches come from (regnet.reading): pair files, pairs made in CPU processes, or the accelerator.
+READER_SOURCES = ("files", "memory", "device")
 #: Paper patch radii (R, Ry) per network (regnet_spec.md section 3): input 2R+1, output 2Ry+1 voxels.
 PATCH_RADII = {"crop4_connection": (50, 10), "decimation4": (52, 10), "unet1": (62, 62), "crop5_connection": (62, 62)}
 
@@ -150,6 +152,9 @@ class NetworkRun:
     #: Steps between validation passes and between checkpoints (RegNet: 1000 for both).
     ValidationEvery: int = field(default=1000, metadata=POSITIVE)
     CheckpointEvery: int = field(default=1000, metadata=POSITIVE)
+    #: ReaderSource "device": pairs made on the accelerator for each training batch (validation: per
+    #: group of SamplesPerImage patches each); ~1 GB of device memory per 20 M-voxel pair.
+    PairsPerBatch: int = field(default=2, metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,9 @@ class Settings:
     #: "mirrored": train on every GPU (or logical CPU) at once, the batch split between them
     #: (tf.distribute.MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX).
     Distribute: Literal[DISTRIBUTE_MODES] = "none"
+    #: "files" (pairs on disk, made on demand), "memory" (made on the fly in CPU processes, the same
+    #: patches) or "device" (fresh fields for every batch on the accelerator, regnet.reading.device).
+    ReaderSource: Literal[READER_SOURCES] = "files"
     #: Filled by load_settings: every deform_exp used, fully resolved.
     deform_exps: dict[str, DeformExp] = field(default_factory=dict, metadata={"internal": True})
 

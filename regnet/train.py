@@ -14,6 +14,7 @@ optimiser state travels in the checkpoint: k steps, resume, k steps gives the we
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from regnet import RegNetError
 from regnet.files import write_json_atomic
 from regnet.seeding import seed_for
-from regnet.settings import Settings, load_settings
+from regnet.settings import READER_SOURCES, NetworkRun, Settings, load_settings
 
 CLI_HELP = "train a RegNet network on synthetic pairs (resumable; TensorBoard in DIR/logs)"
 #: Settings that may change between a run and its resume without changing what is trained.
@@ -41,16 +42,31 @@ def _keras():
     return keras
 
 
+def _defaults(cls) -> dict:
+    return {f.metadata.get("key", f.name): f.default for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING}
+
+
+def _batch_source(source) -> str:
+    """"memory" makes the very pairs of "files" in memory (the same batches); "device" draws others."""
+    return "device" if source == "device" else "files"
+
+
 def settings_difference(old: dict, new: dict) -> list[str]:
-    """Keys (dotted) whose values differ between two resolved settings dicts."""
+    """Keys (dotted) whose values differ between two resolved settings dicts. A key the old dict lacks
+    (added to regnet after that run started) counts as its default."""
     keys = []
+    top, run_defaults = _defaults(Settings), _defaults(NetworkRun)
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_KEYS:
             continue
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, top.get(key)), new.get(key, top.get(key))
         if key == "NetworkTraining" and isinstance(a, dict) and isinstance(b, dict):
-            keys += [f"{key}.{k}" for k in sorted(set(a) | set(b))
-                     if k not in RESUMABLE_TRAINING_KEYS and a.get(k) != b.get(k)]
+            keys += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if k not in RESUMABLE_TRAINING_KEYS
+                     and a.get(k, run_defaults.get(k)) != b.get(k, run_defaults.get(k))]
+        elif key == "ReaderSource":
+            if _batch_source(a) != _batch_source(b):
+                keys.append(key)
         elif a != b:
             keys.append(key)
     return keys
@@ -189,8 +205,9 @@ class Trainer:
         self.settings.write_json(self.out / "settings.json")
         every = run.ValidationEvery
         t0 = time.perf_counter()
-        with PatchReader(self.settings, "Training", workers=self.workers, start=step) as train_reader, \
-                PatchReader(self.settings, "Validation", workers=1) as val_reader:
+        source = self.settings.ReaderSource
+        with PatchReader(self.settings, "Training", source, workers=self.workers, start=step) as train_reader, \
+                PatchReader(self.settings, "Validation", source, workers=1) as val_reader:
             callbacks = callbacks_for(self, model, val_reader, first_step=step)
             train = train_reader.as_dataset(first=step)
             val = val_reader.as_dataset()
@@ -248,11 +265,16 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="train up to this step (default: MaxIterations)")
     p.add_argument("--force", action="store_true", help="settings changed: start over in a new folder")
     p.add_argument("--generate", action="store_true", help="generate missing pairs first (else made on demand)")
+    p.add_argument("--source", choices=READER_SOURCES, default=None,
+                   help="where patches come from (overrides the settings' ReaderSource): pair files, pairs made "
+                        "in memory, or fresh pairs for every batch on the accelerator (device)")
 
 
 def train_command(args) -> int:
     settings = load_settings(args.settings)
-    if args.generate:
+    if args.source is not None:
+        settings = dataclasses.replace(settings, ReaderSource=args.source)
+    if args.generate and settings.ReaderSource != "device":
         from regnet.generate import run as generate
 
         generate(settings, jobs=settings.Jobs)

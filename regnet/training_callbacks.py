@@ -81,9 +81,9 @@ class ImageSummaries(keras.callbacks.Callback):
         if self._batch is None:  # its own reader: the validation stream's position is not touched
             from regnet.reading import PatchReader
 
-            with PatchReader(self.val_reader.settings, "Validation", workers=1) as reader:
+            with PatchReader(self.val_reader.settings, "Validation", self.val_reader.source, workers=1) as reader:
                 x, y = next(reader)
-            self._batch = (x[:1], y[:1])
+            self._batch = (np.asarray(x[:1]), np.asarray(y[:1]))  # device source: tensors
         x, y = self._batch
         pred = np.asarray(self.model(x, training=False))  # not predict(): one sample cannot split over replicas
         step = int(self.model.optimizer.iterations.numpy())

@@ -283,7 +283,7 @@ def test_a_missing_pair_is_generated_on_demand(copy_of):
 def test_bad_modes_are_named(root):
     with pytest.raises(RegNetError, match="mode must be one of"):
         PatchReader(settings_for(root), mode="Test")
-    with pytest.raises(RegNetError, match=r"source must be one of \('files', 'memory'\), got 'disk'"):
+    with pytest.raises(RegNetError, match=r"source must be one of \('files', 'memory', 'device'\), got 'disk'"):
         PatchReader(settings_for(root), source="disk")
     with pytest.raises(RegNetError, match=r"generator_pool must be one of \('processes', 'threads'\), got 'gpu'"):
         PatchReader(settings_for(root), source="memory", generator_pool="gpu")

@@ -10,6 +10,8 @@ interval of 0.1 s; ``close()`` cancels pending work and joins every thread.
 
 ``source="memory"`` makes each chunk's pairs on the fly in worker processes by the generator's own
 code path (:mod:`regnet.reading.memory`), no file read or written: the same patches as from files.
+``source="device"`` draws fresh fields for every batch on the accelerator and cuts the patches
+there (:mod:`regnet.reading.device`); its batches are backend tensors.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from regnet.settings import Settings, load_settings
 from regnet.store import PairId, PairStore, pair_list
 
 MODES = ("Training", "Validation")
-SOURCES = ("files", "memory")
+SOURCES = ("files", "memory", "device")
 _END = object()
 
 
@@ -86,8 +88,15 @@ class PatchReader:
             samples_per_image=run.SamplesPerImage, batch_size=self.batch_size, shuffle=mode == "Training",
             seed_key=("PatchReader", mode, self.settings.stage), full_image=self.full_image,
             drop_remainder=mode == "Training")
+        self._device = None  # source="device": the batch stream (regnet.reading.device)
+        if source == "device":
+            from regnet.reading.device import DEVICE_QUEUE, DeviceBatches
+
+            self._device = DeviceBatches(self.settings, mode, self.pairs, self.store, (self.R, self.Ry),
+                                         self.thresholds, self.augment, self.schedule)
+            self.max_queue = min(self.max_queue, DEVICE_QUEUE)
         self.start = int(start)
-        self.position = self.schedule.position_of(self.start)  # of the last batch handed out
+        self.position = self._position_of(self.start)  # of the last batch handed out
         self.batch_info: list[dict] = []
         self.peak_chunk_bytes = 0
         self._queue: queue.Queue = queue.Queue(maxsize=self.max_queue)
@@ -105,7 +114,7 @@ class PatchReader:
     # ------------------------------------------------------------ public
     def __len__(self) -> int:
         """Batches of one semi-epoch (training) or of one validation pass."""
-        return self.schedule.batches_per_semi_epoch
+        return len(self._device) if self._device is not None else self.schedule.batches_per_semi_epoch
 
     def __enter__(self) -> PatchReader:
         self._start()
@@ -164,7 +173,7 @@ class PatchReader:
         """Restart the stream at global batch ``batch_number`` (validation: batch of the pass)."""
         self.close()
         self.start = int(batch_number)
-        self.position = self.schedule.position_of(self.start)
+        self.position = self._position_of(self.start)
         self._queue = queue.Queue(maxsize=self.max_queue)
         self._stop = threading.Event()
         self._error = None
@@ -177,8 +186,17 @@ class PatchReader:
         return ReaderDataset(self, first)
 
     # ------------------------------------------------------------ internals
+    def _position_of(self, batch_number: int) -> Position:
+        source = self._device if self._device is not None else self.schedule
+        return source.position_of(batch_number)
+
     def _start(self) -> None:
         if self._feeder is not None or self._stop.is_set():
+            return
+        if self._device is not None:  # one thread drives the device, a few batches ahead
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="regnet-device")
+            self._feeder = threading.Thread(target=self._feed_device, name="regnet-feeder", daemon=True)
+            self._feeder.start()
             return
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="regnet-patches")
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="regnet-chunks")
@@ -225,6 +243,20 @@ class PatchReader:
                     if not self._put((future, here)):
                         return
                 position = following
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, never lost
+            if self._error is None:
+                self._error = err
+            self._put(_END)
+
+    def _feed_device(self) -> None:
+        try:
+            number = self.start
+            while not self._stop.is_set():
+                future = self._pool.submit(self._device.batch, number)
+                future.add_done_callback(self._fail)
+                if not self._put((future, self._device.position_of(number))):
+                    return
+                number += 1
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, never lost
             if self._error is None:
                 self._error = err

@@ -59,6 +59,17 @@ def class_quota(total: int, available: np.ndarray) -> np.ndarray:
     return quota
 
 
+def quota_warnings(samples: int, available: np.ndarray, quota: np.ndarray, thresholds, where: str = "") -> None:
+    """A :class:`ClassBalanceWarning` for every class with fewer candidate voxels than its fair share."""
+    fair = samples // len(available)
+    for k in np.flatnonzero((available < fair) & (quota == available)):
+        lo = 0.0 if k == 0 else thresholds[k - 1]
+        hi = f"{thresholds[k]:g}" if k < len(thresholds) - 1 else "inf"
+        warnings.warn(f"{where}magnitude class {k} [{lo:g}, {hi}) mm has {available[k]} candidate voxels for "
+                      f"{fair} requested draws; its remaining share goes to the "
+                      "other classes.", ClassBalanceWarning, stacklevel=4)
+
+
 def draw_centres(index: list[CandidateIndex], samples: int, rng: np.random.Generator,
                  thresholds, where: str = "") -> np.ndarray:
     """Rows ``(image_in_chunk, flat_voxel_index, class)`` (int64), shuffled, ``samples`` of them when
@@ -66,13 +77,7 @@ def draw_centres(index: list[CandidateIndex], samples: int, rng: np.random.Gener
     counts = np.stack([i.counts for i in index])  # (images, classes)
     available = counts.sum(axis=0)
     quota = class_quota(samples, available)
-    fair = samples // len(available)
-    for k in np.flatnonzero((available < fair) & (quota == available)):
-        lo = 0.0 if k == 0 else thresholds[k - 1]
-        hi = f"{thresholds[k]:g}" if k < len(thresholds) - 1 else "inf"
-        warnings.warn(f"{where}magnitude class {k} [{lo:g}, {hi}) mm has {available[k]} candidate voxels for "
-                      f"{fair} requested draws; its remaining share goes to the "
-                      "other classes.", ClassBalanceWarning, stacklevel=3)
+    quota_warnings(samples, available, quota, thresholds, where)
     rows = []
     for k, n in enumerate(quota):
         if n == 0:
