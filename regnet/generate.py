@@ -174,12 +174,14 @@ def make_pair(pair: PairId, store: PairStore, base=None) -> MadePair:
     available = {"image": image, "torso": torso_arr, "lung": lung_arr if exp.UseLungMask else None}
     inputs = {name: value for name, value in available.items() if name in inputs_of(method)}
     with ThreadPoolExecutor(max_workers=1) as pool:  # B-spline coefficients while the DVF is drawn
-        coefficients = pool.submit(bspline_coefficients, image)
+        # the zero method's warp is a copy: no coefficients (83 MB and a prefilter at 20.8 M voxels)
+        coefficients = None if method == "zero" else pool.submit(bspline_coefficients, image)
         dvf = synthetic_dvf(method, g, exp, number, _rng(pair.image, pair.dsmooth, method), **inputs)
         field = dvf_to_image(dvf, g)  # one displacement image for every warp below
         dvf = sitk.GetArrayViewFromImage(field)  # read-only view: the 250 MB array is freed (peak RSS, issue 14)
         with step("warp image (cubic)"):
-            deformed = warp(image, field, "bspline", default, coefficients=coefficients.result())
+            deformed = warp(image, field, "bspline", default,
+                            coefficients=coefficients.result() if coefficients else None)
     with step("warp masks (nearest)"):
         deformed_torso, deformed_lung = warp_masks(torso, lung, field)
     with step("Jacobian"):

@@ -143,6 +143,30 @@ def test_noise_only_inside_the_torso_with_the_set_sigma():
     assert abs(out[torso].mean() - round(out[torso].mean())) < 0.1  # an integer mean, as RegNet
 
 
+def test_sponge_and_noise_slab_by_slab_equal_whole_volume_numpy(monkeypatch):
+    """The in-place steps work a few planes at a time; the numbers are those of one whole-torso
+    NumPy expression with one draw of the noise (the generator's stream continues across slabs)."""
+    from regnet.deform import augment
+    from regnet.deform.sponge_rule import sponge_factor_weight
+
+    monkeypatch.setattr(augment, "SLAB_VOXELS", 700)  # 17 x 19 planes: one plane per slab
+    rng = np.random.default_rng(4)
+    image = rng.normal(-400, 400, size=(23, 17, 19)).astype(np.float32)
+    jac = rng.uniform(0.3, 2.0, size=image.shape).astype(np.float32)
+    torso = rng.random(image.shape) < 0.6
+    factor = rng_for("slab-sponge").uniform(*EXP.Sponge_ScaleRange)
+    hu = image[torso]
+    expected = image.copy()
+    expected[torso] = ((hu + 1000) * np.clip(jac[torso], *EXP.Sponge_JacobianClip)
+                       * (1 + (factor - 1) * sponge_factor_weight(hu)) - 1000)
+    np.testing.assert_allclose(sponge(image, jac, torso, EXP, rng_for("slab-sponge")), expected, atol=2e-3)
+    draw = rng_for("slab-noise")
+    mean = float(int(draw.uniform(-5.0, 5.0)))
+    expected = image.copy()
+    expected[torso] += draw.normal(mean, 20.0, size=int(torso.sum())).astype(np.float32)
+    np.testing.assert_array_equal(noise(image, torso, 20.0, 5.0, rng_for("slab-noise")), expected)
+
+
 def test_methods_on_real_ct_at_stage_2():
     image = resample_isotropic(read_image(shared_file("ct", "totalseg_aorta_ct_cropped_1p5mm.nii.gz")), 2.0)
     masks = compute_masks(image)

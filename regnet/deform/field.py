@@ -81,8 +81,12 @@ def warp(image: sitk.Image, dvf, interpolator: str = "bspline", default: float =
 
 
 def _zero_on_own_grid(field: sitk.Image, image: sitk.Image) -> bool:
-    """A zero displacement on the image's own grid (one pass over the field; the warp costs ~30)."""
-    return Geometry.of(image).close_to(Geometry.of(field), tol=1e-6) and not sitk.GetArrayViewFromImage(field).any()
+    """A zero displacement on the image's own grid. Every 4099th value first: a non-zero field is
+    told at once; only a zero one (or one zero at every sample) is read whole."""
+    if not Geometry.of(image).close_to(Geometry.of(field), tol=1e-6):
+        return False
+    u = sitk.GetArrayViewFromImage(field).reshape(-1)
+    return not u[::4099].any() and not u.any()
 
 
 def warp_masks(torso: sitk.Image, lung: sitk.Image, dvf, reference=None) -> tuple[sitk.Image, sitk.Image]:

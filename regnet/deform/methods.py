@@ -105,15 +105,16 @@ def respiratory_motion(geometry: Geometry, exp: DeformExp, number: int, rng, tor
         raise RegNetError("respiratory_motion needs a non-empty lung mask (UseLungMask); "
                           "use single/mixed frequency for images without lungs.")
     with step("respiratory profile"):
-        dvf = _respiratory_profile(geometry, exp, rng, lung)
+        u_z, u_y = _respiratory_profile(geometry, exp, rng, lung)
     with step("B-spline field"):
-        sf = random_bspline_field(geometry, exp.RespiratoryMotion_BSplineGridSpacing[number],
-                                  exp.RespiratoryMotion_SingleFrequency_MaxDeformRatio * exp.MaxDeform,
-                                  exp.RespiratoryMotion_SetGridBorderToZero[number],
-                                  voxels(exp.RespiratoryMotion_GridSmoothingSigma, geometry), rng, "single")
-    sf = normalize_max(sf, exp.MaxDeform)
-    sf[..., 2] *= 0.3
-    dvf += sf
+        dvf = random_bspline_field(geometry, exp.RespiratoryMotion_BSplineGridSpacing[number],
+                                   exp.RespiratoryMotion_SingleFrequency_MaxDeformRatio * exp.MaxDeform,
+                                   exp.RespiratoryMotion_SetGridBorderToZero[number],
+                                   voxels(exp.RespiratoryMotion_GridSmoothingSigma, geometry), rng, "single")
+    dvf = normalize_max(dvf, exp.MaxDeform)
+    dvf[..., 2] *= 0.3
+    dvf[..., 2] += u_z  # the profile added in place: no second 250 MB field at 20.8 M voxels
+    dvf[..., 1] += u_y
     sigma = voxels(exp.RespiratoryMotion_BackgroundSmoothingSigma * exp.MaxDeform / 7.0, geometry)
     with step("mask to zero + smoothing"):
         mask = _mask_for(exp, torso, lung)
@@ -122,8 +123,10 @@ def respiratory_motion(geometry: Geometry, exp: DeformExp, number: int, rng, tor
     return normalize_max(dvf, limit) if exp.DVFNormalization else dvf
 
 
-def _respiratory_profile(geometry: Geometry, exp: DeformExp, rng, lung: np.ndarray) -> np.ndarray:
-    """Cranio-caudal decay and antero-posterior expansion (draws: t0, s0, delta, in RegNet's order)."""
+def _respiratory_profile(geometry: Geometry, exp: DeformExp, rng, lung: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cranio-caudal decay and antero-posterior expansion (draws: t0, s0, delta, in RegNet's order):
+    the components u_z and u_y (u_x = 0) as float32 arrays broadcastable to the grid ((Z, 1, 1) and
+    (Z, Y, 1) for an axial volume)."""
     t0 = rng.uniform(*exp.RespiratoryMotion_t0Range) * exp.RespiratoryMotion_t0
     s0 = rng.uniform(*exp.RespiratoryMotion_s0Range) * exp.RespiratoryMotion_s0
     delta = rng.uniform(*exp.RespiratoryMotion_DeltaRange)
@@ -135,10 +138,7 @@ def _respiratory_profile(geometry: Geometry, exp: DeformExp, rng, lung: np.ndarr
     rel = np.clip(wz - z_d, 0.0, e)
     f = np.where(wz < z_d + e, 1.0 - np.log1p(rel * alpha) / np.log1p(e * alpha), 0.0).astype(np.float32)
     c = float(np.broadcast_to(wy, geometry.shape)[lung].max()) - delta
-    dvf = np.zeros(geometry.shape + (3,), np.float32)
-    dvf[..., 2] = t0 * f
-    dvf[..., 1] = -(wy - c) * (s0 * f)
-    return dvf
+    return (t0 * f).astype(np.float32), (-(wy - c) * (s0 * f)).astype(np.float32)
 
 
 def canny_edges(image: sitk.Image, exp: DeformExp, region: np.ndarray | None = None) -> np.ndarray:
