@@ -4,7 +4,8 @@
 
 Generates 16 phantom pairs at stage 1 once (kept in --out), then reports for each thread count:
 time to first batch, patches/s and batches/s for a consumer that takes batches as fast as it can
-(after as many batches as the reader keeps arrays for, so that arrays are recycled as in training),
+(after twice as many batches as the reader keeps arrays for: then its batch arrays are recycled, as
+in training; "fresh" counts the arrays still allocated while timing),
 queue occupancy for a consumer that takes one batch every 50 ms (a fast GPU step), and peak RSS.
 As the baseline for the choice of threads over processes it times, in the same run, handing one
 batch from a worker process to the consumer through a multiprocessing queue (the copy a process
@@ -54,12 +55,14 @@ def measure(s, workers: int, batches: int, **source) -> dict:
     with PatchReader(s, workers=workers, **source) as reader:
         next(reader)
         first = time.perf_counter() - t0
-        for _ in range(reader._buffers.capacity):  # until batch arrays are recycled: the steady state
+        for _ in range(2 * reader._buffers.capacity):  # the pool fills (queue full): then arrays are recycled
             next(reader)
+        fresh = reader._buffers.fresh
         t1 = time.perf_counter()
         for _ in range(batches):
             next(reader)
         fast = time.perf_counter() - t1
+        fresh = reader._buffers.fresh - fresh
         occupancy = []
         for _ in range(batches):
             time.sleep(0.05)
@@ -68,7 +71,7 @@ def measure(s, workers: int, batches: int, **source) -> dict:
         chunk_gib = reader.peak_chunk_bytes / 2**30
     return {"workers": workers, "first_batch_s": first, "batches_per_s": batches / fast,
             "patches_per_s": batches * 15 / fast, "queue_min": min(occupancy[len(occupancy) // 4:]),
-            "queue_mean": float(np.mean(occupancy)), "chunk_gib": chunk_gib}
+            "queue_mean": float(np.mean(occupancy)), "chunk_gib": chunk_gib, "fresh": fresh}
 
 
 def measure_device(s, batches: int, pairs_per_batch: int) -> dict:
@@ -116,7 +119,7 @@ def process_handoff_seconds(shape) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench_reader_data")
-    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--memory", nargs="*", default=[], choices=["processes", "threads"],
                         help="also time source='memory' with these generator pools (2 workers each)")
@@ -146,11 +149,12 @@ def main():
     t0 = time.perf_counter()
     run(s, jobs=2)
     print(f"pairs ready in {time.perf_counter() - t0:.1f} s (16 phantom pairs, stage {args.stage})")
-    print("| threads | first batch (s) | batches/s | patches/s | queue min / mean at 1 batch per 50 ms | chunk (GiB) |")
-    print("|---|---|---|---|---|---|")
+    print("| threads | first batch (s) | batches/s | patches/s | fresh arrays | queue min / mean at 1 batch per 50 ms "
+          "| chunk (GiB) |")
+    print("|---|---|---|---|---|---|---|")
     for w in args.workers:
         r = measure(s, w, args.batches)
-        print(f"| {w} | {r['first_batch_s']:.2f} | {r['batches_per_s']:.2f} | {r['patches_per_s']:.0f} "
+        print(f"| {w} | {r['first_batch_s']:.2f} | {r['batches_per_s']:.2f} | {r['patches_per_s']:.0f} | {r['fresh']} "
               f"| {r['queue_min']} / {r['queue_mean']:.1f} | {r['chunk_gib']:.2f} |")
     handoff = process_handoff_seconds((15, 101, 101, 101, 2))
     print(f"baseline: one 15-patch batch handed over from a worker process: {handoff * 1000:.0f} ms "

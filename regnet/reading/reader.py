@@ -168,6 +168,7 @@ class PatchReader:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._feeder = self._pool = self._loader = self._makers = None
+        self._buffers = RecyclingPool(self._buffers.capacity)  # a closed reader keeps no batch memory
 
     def seek(self, batch_number: int) -> None:
         """Restart the stream at global batch ``batch_number`` (validation: batch of the pass)."""
