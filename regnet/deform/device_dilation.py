@@ -176,55 +176,81 @@ def dilated_edge_masks(edges, region, np_iterations: int, radius_zyx, rngs, roun
     float32 0/1, one channel per DVF component."""
     batch = len(rngs)
     shape = tuple(int(s) for s in edges.shape[1:])
+    near = box_dilate(ops.expand_dims(ops.cast(region, "float32"), -1), ((-1, 1),) * 3)[..., 0]
+    available = ops.cast(edges, "float32") * near                                   # (B, z, y, x)
+    points = draw_points(available, np_iterations, radius_zyx, rngs)
+    mask = apply_phases(available, points, np_iterations, radius_zyx, rounds)
+    enough = ops.sum(available, axis=(1, 2, 3)) > 4
+    bare = ops.repeat(ops.expand_dims(available, 1), 3, axis=1)
+    return ops.where(ops.reshape(enough, (batch, 1, 1, 1, 1)), ops.reshape(mask, (batch, 3) + shape), bare)
+
+
+def draw_points(available, np_iterations: int, radius_zyx, rngs) -> dict:
+    """The random points of every channel (row ``3 b + c``): ``holes`` (B*3, V) 0/1 flat indicator
+    of the hole centres; growth ``candidates`` (B*3, K) flat indices with their ``rank`` (iteration
+    - b1 + 1, 0: not accepted) and ``round``."""
+    batch = len(rngs)
+    shape = tuple(int(s) for s in available.shape[1:])
     volume = int(np.prod(shape))
-    b1, b2 = phase_bounds(np_iterations)
+    b1, _ = phase_bounds(np_iterations)
     n_holes, n_growth = max(b1 - 1, 0), np_iterations - b1
     seeds = [int(rng.integers(2 ** 31 - 1)) for rng in rngs]
     schedule = _exhaust_schedule(rngs, np_iterations).reshape(batch * 3, -1)
-
-    near = box_dilate(ops.expand_dims(ops.cast(region, "float32"), -1), ((-1, 1),) * 3)[..., 0]
-    available = ops.cast(edges, "float32") * near                                   # (B, z, y, x)
-    enough = ops.sum(available, axis=(1, 2, 3)) > 4
-    first = box_dilate(ops.expand_dims(available, -1), ((-1, 1),) * 3)              # the full dilation
-    mask = ops.reshape(ops.repeat(ops.expand_dims(first, 1), 3, axis=1), (batch * 3,) + shape + (1,))
     flat = ops.reshape(ops.repeat(ops.expand_dims(available, 1), 3, axis=1), (batch * 3, volume))
     keys = ops.concatenate([ops.reshape(keras.random.uniform((3, volume), seed=s), (3, volume)) for s in seeds])
     keys = ops.where(flat > 0, keys, -1.0)
     k = min(n_holes + CANDIDATES_PER_GROWTH * n_growth, volume)
     values, indices = ops.top_k(keys, k)
-    windows = block_windows(radius_zyx)
-
+    out = {"holes": None, "candidates": None}
     if n_holes > 0:                                      # the holes: the first points of the ordering
         threshold = ops.expand_dims(values[:, min(n_holes, k) - 1], 1)
-        points = ops.cast(ops.logical_and(keys >= threshold, keys >= 0.0), "float32")
-        holes = box_dilate(ops.reshape(points, (batch * 3,) + shape + (1,)), windows)
-        mask = mask * (1.0 - holes)
+        out["holes"] = ops.cast(ops.logical_and(keys >= threshold, keys >= 0.0), "float32")
     candidates = ops.cast(indices[:, n_holes:], "int32")
     if n_growth > 0 and int(candidates.shape[1]) > 0:
         valid = ops.cast(values[:, n_holes:] >= 0.0, "float32")
-        rank, level = _accept_growth(candidates, valid, ops.convert_to_tensor(schedule), radius_zyx, shape, n_growth)
-        iteration = rank - 1.0 + b1
-        level = ops.minimum(level, float(rounds - 1))
-        kinds = [(ops.less(iteration, float(b2)), None)]
-        kinds += [(ops.logical_and(iteration >= b2, ops.equal(ops.mod(iteration, 3.0), float(a))), a)
-                  for a in _axis_order(b2)]
-        rows = ops.repeat(ops.expand_dims(ops.arange(batch * 3, dtype="int32"), 1), int(candidates.shape[1]), axis=1)
-        index = ops.stack([ops.reshape(rows, (-1,)), ops.reshape(candidates, (-1,))], axis=1)
-        for r in range(rounds):
-            chosen = ops.logical_and(rank > 0, ops.equal(level, float(r)))
-            weights = ops.stack([ops.reshape(ops.cast(ops.logical_and(chosen, kind), "float32"), (-1,))
-                                 for kind, _ in kinds], axis=1)
-            points = ops.reshape(ops.scatter(index, weights, (batch * 3, volume, len(kinds))),
-                                 (batch * 3,) + shape + (len(kinds),))
-            blocks = box_dilate(points, windows)
-            for g, (_, axis) in enumerate(kinds):
-                block = blocks[..., g:g + 1]
-                inside = mask * block
-                grown = dilate_18(inside) if axis is None else box_dilate(inside, directional_windows(axis))
-                mask = ops.maximum(mask, grown * block)
-    mask = ops.reshape(mask, (batch, 3) + shape)
-    bare = ops.repeat(ops.expand_dims(available, 1), 3, axis=1)
-    return ops.where(ops.reshape(enough, (batch, 1, 1, 1, 1)), mask, bare)
+        out["rank"], out["round"] = _accept_growth(candidates, valid, ops.convert_to_tensor(schedule), radius_zyx,
+                                                   shape, n_growth)
+        out["candidates"] = candidates
+    return out
+
+
+def apply_phases(available, points: dict, np_iterations: int, radius_zyx, rounds: int = GROWTH_ROUNDS):
+    """The phases given the points (:func:`draw_points`): (B*3, z, y, x, 1) float 0/1. Growth rounds
+    from ``rounds - 1`` on are applied together."""
+    batch = int(available.shape[0])
+    shape = tuple(int(s) for s in available.shape[1:])
+    volume = int(np.prod(shape))
+    _, b2 = phase_bounds(np_iterations)
+    b1 = phase_bounds(np_iterations)[0]
+    windows = block_windows(radius_zyx)
+    first = box_dilate(ops.expand_dims(available, -1), ((-1, 1),) * 3)              # the full dilation
+    mask = ops.reshape(ops.repeat(ops.expand_dims(first, 1), 3, axis=1), (batch * 3,) + shape + (1,))
+    if points["holes"] is not None:
+        holes = box_dilate(ops.reshape(points["holes"], (batch * 3,) + shape + (1,)), windows)
+        mask = mask * (1.0 - holes)
+    if points["candidates"] is None:
+        return mask
+    candidates, rank = points["candidates"], points["rank"]
+    iteration = rank - 1.0 + b1
+    level = ops.minimum(points["round"], float(rounds - 1))
+    kinds = [(ops.less(iteration, float(b2)), None)]
+    kinds += [(ops.logical_and(iteration >= b2, ops.equal(ops.mod(iteration, 3.0), float(a))), a)
+              for a in _axis_order(b2)]
+    rows = ops.repeat(ops.expand_dims(ops.arange(batch * 3, dtype="int32"), 1), int(candidates.shape[1]), axis=1)
+    index = ops.stack([ops.reshape(rows, (-1,)), ops.reshape(candidates, (-1,))], axis=1)
+    for r in range(rounds):
+        chosen = ops.logical_and(rank > 0, ops.equal(level, float(r)))
+        weights = ops.stack([ops.reshape(ops.cast(ops.logical_and(chosen, kind), "float32"), (-1,))
+                             for kind, _ in kinds], axis=1)
+        centres = ops.reshape(ops.scatter(index, weights, (batch * 3, volume, len(kinds))),
+                              (batch * 3,) + shape + (len(kinds),))
+        blocks = box_dilate(centres, windows)
+        for g, (_, axis) in enumerate(kinds):
+            block = blocks[..., g:g + 1]
+            inside = mask * block
+            grown = dilate_18(inside) if axis is None else box_dilate(inside, directional_windows(axis))
+            mask = ops.maximum(mask, grown * block)
+    return mask
 
 
 def _axis_order(b2: int) -> list[int]:
