@@ -29,6 +29,8 @@ SIZE = (256, 256, 200)
 #: name -> (dsmooth, deform a next image first)
 CASES = {"respiratory_motion": (0, False), "single_frequency": (4, False), "mixed_frequency": (9, False),
          "next image + single_frequency": (4, True)}
+#: device cases run again with mixed frequency's dilation phases on the CPU (as before they moved)
+CPU_DILATION = {"mixed_frequency, CPU dilation": "mixed_frequency"}
 
 
 def prepare(path: Path, out: Path) -> Path:
@@ -108,7 +110,9 @@ def bench_device(volume, exp, batch: int, repeats: int, patches: int) -> dict:
     on_device = [ops.convert_to_tensor(np.repeat(a[None], batch, 0).astype(np.float32)) for a in (image, torso, lung)]
     edge_batch = None if edges is None else ops.convert_to_tensor(np.repeat(edges[None], batch, 0).astype(np.float32))
     results = {}
-    for name, (dsmooth, use_next) in CASES.items():
+    cases = [(name, *case, "device") for name, case in CASES.items()]
+    cases += [(name, *CASES[of], "cpu") for name, of in CPU_DILATION.items()]
+    for name, dsmooth, use_next, dilation in cases:
         if exp.method_of(dsmooth)[0] == "mixed_frequency" and edges is None:
             continue
         times, cut_times = [], []
@@ -116,7 +120,7 @@ def bench_device(volume, exp, batch: int, repeats: int, patches: int) -> dict:
             keys = [("bench", rep, b) for b in range(batch)]
             t0 = time.perf_counter()
             pairs = generate_pairs(*on_device, grid, exp, keys, [dsmooth] * batch, default=-1024.0, edges=edge_batch,
-                                   next_images=[use_next] * batch)
+                                   next_images=[use_next] * batch, dilation=dilation)
             sync(pairs["fixed"])
             t1 = time.perf_counter()
             x, y = cut_patches(pairs, patches, np.random.default_rng(rep))

@@ -283,7 +283,7 @@ def test_errors_name_the_problem(phantom):
     with pytest.raises(RegNetError, match="samples \\[1\\] of the batch have none"):
         device.respiratory_motion(g, EXP, 0, [rng_for(1), rng_for(2)], torso=np.stack([torso, torso]),
                                   lung=np.stack([lung, np.zeros_like(lung)]), stage=STAGE)
-    with pytest.raises(RegNetError, match="needs edge_masks"):
+    with pytest.raises(RegNetError, match="needs edges=\\(B, z, y, x\\)"):
         device.mixed_frequency(g, EXP, 0, [rng_for(1)], stage=STAGE)
     with pytest.raises(RegNetError, match="Unknown deform method 'spline'"):
         device.synthetic_dvf("spline", g, EXP, 0, [rng_for(1)])

@@ -17,8 +17,9 @@ Voxel-valued parameters (sigmas, block radius) are stage-1 voxels, i.e. mm: with
 given they are divided by it (as :mod:`regnet.deform.methods`); with ``stage=None`` by the
 grid spacing of each axis.
 
-Not on the device: Canny edges and the random dilation phases of mixed frequency (they come
-from the CPU path once per draw, see :func:`mixed_frequency`) and occlusion.
+Not on the device: Canny edges (made once per image on the CPU; the random dilation phases of
+mixed frequency that grow them run here, :mod:`regnet.deform.device_dilation`, or on the CPU with
+``dilation="cpu"``) and occlusion.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np
 from keras import ops
 
 from regnet import RegNetError
+from regnet.deform.device_dilation import dilated_edge_masks
 from regnet.deform.device_field import (
     as_float,
     bspline_prefilter,
@@ -149,16 +151,24 @@ def respiratory_motion(geometry, exp, number: int, rngs, torso=None, lung=None, 
     return normalize_max(dvf, limit) if exp.DVFNormalization else dvf
 
 
-def mixed_frequency(geometry, exp, number: int, rngs, edge_masks=None, stage=None, **_):
-    """Mixed frequency from CPU-made dilated edge masks: B-spline field x mask per component,
-    smoothed with a random sigma per component, max |u_k| <= M.
+def mixed_frequency(geometry, exp, number: int, rngs, edges=None, torso=None, lung=None, edge_masks=None,
+                    stage=None, **_):
+    """Edges grown by random dilation phases, filled with a B-spline field, smoothed with a
+    random sigma per component, max |u_k| <= M.
 
-    ``edge_masks`` (B, 3, z, y, x) bool is :func:`regnet.deform.methods.dilated_edge_mask` of
-    each image's Canny edges drawn with that sample's generator *before* this call (the NumPy
-    order: dilation phases, coefficients, sigmas); :func:`cpu_edge_masks` makes them."""
+    By default the dilation phases run here (:func:`device_edge_masks`) from ``edges`` (B, z, y, x),
+    each image's Canny edges, in the lung (``exp.UseLungMask`` and a non-empty lung) or else the
+    torso: the draws are one seed and the exhaustion coins, then the coefficients and sigmas, so
+    the coefficients are not the NumPy job's (its dilation consumed other draws first). Given
+    ``edge_masks`` (B, 3, z, y, x) from the CPU instead (:func:`cpu_edge_masks`, the NumPy job's
+    own masks, drawn with the same generators before this call) the field is the NumPy job's up to
+    the smoothing filter."""
     if edge_masks is None:
-        raise RegNetError("mixed_frequency on the device needs edge_masks (B, 3, z, y, x) from the CPU "
-                          "(regnet.deform.device.cpu_edge_masks).")
+        if edges is None:
+            raise RegNetError("mixed_frequency on the device needs edges=(B, z, y, x) (Canny edges per image, "
+                              "regnet.deform.methods.canny_edges) or edge_masks=(B, 3, z, y, x) from the CPU "
+                              "(regnet.deform.device.cpu_edge_masks).")
+        edge_masks = device_edge_masks(edges, torso, lung, geometry, exp, number, rngs, stage)
     m = exp.MaxDeform * exp.MixedFrequency_MaxDeformRatio
     dvf = _bspline_fields(geometry, rngs, exp.MixedFrequency_BSplineGridSpacing[number], m,
                           exp.MixedFrequency_SetGridBorderToZero,
@@ -174,6 +184,23 @@ def mixed_frequency(geometry, exp, number: int, rngs, edge_masks=None, stage=Non
         out.append(ops.stack(components, axis=-1))
     dvf = ops.concatenate(out, axis=0)
     return normalize_max(dvf, m) if exp.DVFNormalization else dvf
+
+
+def device_edge_masks(edges, torso, lung, geometry, exp, number: int, rngs, stage=None):
+    """Mixed frequency's dilated edge masks (B, 3, z, y, x) on the device
+    (:func:`regnet.deform.device_dilation.dilated_edge_masks`): edges inside the lung dilated by one
+    voxel where ``exp.UseLungMask`` and the sample's lung is not empty, else inside the torso; block
+    radius ``MixedFrequency_BlockRadius`` stage-1 voxels per array axis (at least 1)."""
+    edges = as_float(edges)
+    if torso is None and lung is None:
+        raise RegNetError("mixed_frequency needs a lung or torso mask to place its edges (torso=, lung=).")
+    region = as_float(torso) if torso is not None else as_float(lung)
+    if exp.UseLungMask and lung is not None:
+        lung = as_float(lung)
+        has_lung = ops.reshape(ops.max(lung, axis=(1, 2, 3)) > 0, (-1, 1, 1, 1))
+        region = lung if torso is None else ops.where(has_lung, lung, region)
+    radius = tuple(max(1, round(exp.MixedFrequency_BlockRadius / v)) for v in _voxel_mm(geometry, stage))
+    return dilated_edge_masks(edges, region, exp.MixedFrequency_Np[number], radius, rngs)
 
 
 def cpu_edge_masks(edges, regions, exp, number: int, rngs, stage: int) -> np.ndarray:
@@ -283,7 +310,8 @@ def _reorder(parts: list, order: list[int]):
 
 
 def generate_pairs(images, torso, lung, geometry, exp, keys: list[tuple], dsmooths: list[int], stage=None,
-                   default: float = -2048.0, round_hu: bool = True, edges=None, next_images=None) -> dict:
+                   default: float = -2048.0, round_hu: bool = True, edges=None, next_images=None,
+                   dilation: str = "device") -> dict:
     """Synthetic pairs for a batch of base images already on the device, as the offline job
     makes them: a next image for dsmooth > 0, the field of ``exp.method_of(dsmooth)``, the cubic
     warp, masks warped (nearest), the Jacobian and the intensity chain.
@@ -293,11 +321,15 @@ def generate_pairs(images, torso, lung, geometry, exp, keys: list[tuple], dsmoot
     fields for every batch. ``edges`` (B, z, y, x) bool, Canny edges per original image (CPU,
     :func:`regnet.deform.methods.canny_edges`, once per image), is needed only for mixed
     frequency; a next image uses its original's edges warped with it. ``next_images`` (one
-    bool per sample) overrides RegNet's rule "a next image for dsmooth > 0".
+    bool per sample) overrides RegNet's rule "a next image for dsmooth > 0". ``dilation`` says
+    where mixed frequency's random dilation phases run: ``"device"`` (here, no copy to the CPU) or
+    ``"cpu"`` (the NumPy job's :func:`~regnet.deform.methods.dilated_edge_mask`, for comparison).
 
     Returns ``moving`` (base images), ``fixed`` (deformed, augmented), ``dvf`` (mm, x y z),
     ``fixed_torso``, ``fixed_lung``, ``moving_torso`` -- all (B, ...) tensors.
     """
+    if dilation not in ("device", "cpu"):
+        raise RegNetError(f"generate_pairs: dilation={dilation!r}; choose 'device' (the default) or 'cpu'.")
     if len(keys) != len(dsmooths) or len(keys) != int(images.shape[0]):
         raise RegNetError(f"generate_pairs: {int(images.shape[0])} images but {len(keys)} keys and "
                           f"{len(dsmooths)} dsmooths; give one key and one dsmooth per image.")
@@ -328,9 +360,14 @@ def generate_pairs(images, torso, lung, geometry, exp, keys: list[tuple], dsmoot
         method_rngs = [rng_for(*keys[b], method) for b in index]
         inputs = {"torso": _select(torso, index), "lung": _select(lung, index) if exp.UseLungMask else None,
                   "stage": stage}
-        if method == "mixed_frequency":
+        if method == "mixed_frequency" and edges is None:
+            raise RegNetError("mixed_frequency on the device needs the Canny edges of each base image: pass "
+                              "edges=(B, z, y, x) bool (regnet.deform.methods.canny_edges, once per image).")
+        if method == "mixed_frequency" and dilation == "cpu":
             inputs["edge_masks"] = _edge_masks_for(edges, torso, lung, index, exp, number, method_rngs, geometry,
                                                    stage)
+        elif method == "mixed_frequency":
+            inputs["edges"] = _select(as_float(edges), index)
         parts.append(synthetic_dvf(method, geometry, exp, number, method_rngs, **inputs))
         order.append(index)
     dvf = _reorder(parts, order) if len(parts) > 1 else parts[0]
@@ -344,9 +381,6 @@ def generate_pairs(images, torso, lung, geometry, exp, keys: list[tuple], dsmoot
 
 
 def _edge_masks_for(edges, torso, lung, index, exp, number, rngs, geometry, stage):
-    if edges is None:
-        raise RegNetError("mixed_frequency on the device needs the Canny edges of each base image: pass "
-                          "edges=(B, z, y, x) bool (regnet.deform.methods.canny_edges, once per image).")
     edges = ops.convert_to_numpy(_select(as_float(edges), index)) > 0
     lung_np, torso_np = ops.convert_to_numpy(_select(lung, index)) > 0, ops.convert_to_numpy(_select(torso, index)) > 0
     regions = [lg if (exp.UseLungMask and lg.any()) else tr for lg, tr in zip(lung_np, torso_np)]
