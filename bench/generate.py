@@ -4,6 +4,7 @@
     python bench/generate.py --image ct.mha --torso t.mha --lung l.mha --size 160 160 120
     python bench/generate.py --dsmooth 0 --profile 25          # cProfile of the child, top 25 functions
     python bench/generate.py --before /tmp/before               # also each pair with another checkout's code
+    python bench/generate.py --repeat 3                         # medians of 3 rounds (yardstick + pairs)
 
 The input image is resampled once (cubic, SimpleITK) onto a 1 mm grid of ``--size`` voxels at
 ``--origin`` (default: issue 14's 328x256x248 at (-167, -77, -164.5) mm; without ``--origin`` the grid
@@ -144,6 +145,10 @@ def run_child(folder: Path, dsmooth: int, profile: int, repo: Path = REPO) -> di
             "sys_s": after.ru_stime - before.ru_stime}
 
 
+def _cpu(run: dict) -> float:
+    return run["user_s"] + run["sys_s"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=SHARED)
@@ -159,6 +164,8 @@ def main():
     parser.add_argument("--before", type=Path, default=None,
                         help="another checkout (e.g. `git worktree add /tmp/before main`): each pair is also made "
                              "with its code, right before this one's, for a same-session before/after")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of (yardstick, every pair); the tables give medians (run-to-run noise ~20%%)")
     parser.add_argument("--profile", type=int, default=0,
                         help="cProfile the child on one thread (times ~ CPU s): print the top N functions")
     args = parser.parse_args()
@@ -176,31 +183,42 @@ def main():
         voxels = int(np.prod(image.GetSize()))
         print(f"{args.image.name} -> 1 mm grid {image.GetSize()} ({voxels / 1e6:.1f} M voxels) at origin "
               f"{tuple(round(o, 2) for o in image.GetOrigin())}, with masks, in {time.perf_counter() - t0:.1f} s")
-        ys = yardsticks(image)
-        unit = ys["sitk_bspline"]
-        print(f"yardstick: single-threaded SimpleITK cubic B-spline Resample {unit:.2f} CPU s "
-              f"(linear {ys['sitk_linear']:.2f} s; SciPy spline_filter + map_coordinates(order=3) "
-              f"{ys['scipy_cubic']:.2f} s)")
-        rows = []
-        before = {}
+        units, runs, befores = [], {d: [] for d in args.dsmooth}, {d: [] for d in args.dsmooth}
+        for k in range(args.repeat):  # rounds: the yardstick, then every pair (before, after): drift hits all alike
+            ys = yardsticks(image)
+            units.append(ys["sitk_bspline"])
+            print(f"\nround {k + 1}/{args.repeat}: yardstick, single-threaded SimpleITK cubic B-spline Resample "
+                  f"{units[-1]:.2f} CPU s (linear {ys['sitk_linear']:.2f} s; SciPy spline_filter + "
+                  f"map_coordinates(order=3) {ys['scipy_cubic']:.2f} s)")
+            for d in args.dsmooth:
+                if args.before is not None:
+                    b = run_child(folder, d, 0, args.before.resolve())
+                    befores[d].append(b)
+                    print(f"dsmooth {d:>2} BEFORE ({args.before}): {_cpu(b):6.1f} CPU s (user {b['user_s']:.1f} + "
+                          f"sys {b['sys_s']:.1f}) = {_cpu(b) / units[-1]:4.2f} yardsticks, wall {b['wall_s']:.1f} s, "
+                          f"peak RSS {b['peak_rss_gib']:.2f} GiB")
+                r = run_child(folder, d, args.profile)
+                runs[d].append(r)
+                name = TARGETS.get(d, (f"dsmooth {d}",))[0]
+                print(f"dsmooth {d:>2} {name}: {_cpu(r):6.1f} CPU s (user {r['user_s']:.1f} + sys {r['sys_s']:.1f}) = "
+                      f"{_cpu(r) / units[-1]:4.2f} yardsticks, wall {r['wall_s']:.1f} s, peak RSS "
+                      f"{r['peak_rss_gib']:.2f} GiB, imports {r['imports_s']:.1f} s wall")
+                for step, seconds in sorted(r["steps"].items(), key=lambda kv: -kv[1]):
+                    print(f"    {step:<28} {seconds:6.2f} s wall")
+        unit = float(np.median(units))
+        if args.repeat > 1:
+            print(f"\nmedians of {args.repeat} rounds; yardstick {unit:.2f} CPU s "
+                  f"(range {min(units):.2f}-{max(units):.2f})")
+        rows, before = [], {}
         for d in args.dsmooth:
-            if args.before is not None:
-                b = run_child(folder, d, 0, args.before.resolve())
-                before[d] = (b["user_s"] + b["sys_s"], b["peak_rss_gib"], b["wall_s"])
-                print(f"\ndsmooth {d:>2} BEFORE ({args.before}): {before[d][0]:6.1f} CPU s "
-                      f"(user {b['user_s']:.1f} + sys "
-                      f"{b['sys_s']:.1f}) = {before[d][0] / unit:4.2f} yardsticks, wall {b['wall_s']:.1f} s, "
-                      f"peak RSS {b['peak_rss_gib']:.2f} GiB")
-            r = run_child(folder, d, args.profile)
-            cpu = r["user_s"] + r["sys_s"]
-            peak = r["peak_rss_gib"]
+            cpu = float(np.median([_cpu(r) for r in runs[d]]))
+            wall = float(np.median([r["wall_s"] for r in runs[d]]))
+            peak = max(r["peak_rss_gib"] for r in runs[d])
             name, orig, orig_y, target = TARGETS.get(d, (f"dsmooth {d}", float("nan"), float("nan"), float("nan")))
-            rows.append((d, name, orig, orig_y, cpu, cpu / unit, target, r["wall_s"], peak))
-            print(f"\ndsmooth {d:>2} {name}: {cpu:6.1f} CPU s (user {r['user_s']:.1f} + sys {r['sys_s']:.1f}) = "
-                  f"{cpu / unit:4.2f} yardsticks (target <= {target}), wall {r['wall_s']:.1f} s, "
-                  f"peak RSS {peak:.2f} GiB, imports {r['imports_s']:.1f} s wall")
-            for step, seconds in sorted(r["steps"].items(), key=lambda kv: -kv[1]):
-                print(f"    {step:<28} {seconds:6.2f} s wall")
+            rows.append((d, name, orig, orig_y, cpu, cpu / unit, target, wall, peak))
+            if befores[d]:
+                before[d] = (float(np.median([_cpu(b) for b in befores[d]])),
+                             max(b["peak_rss_gib"] for b in befores[d]))
         print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print("\n| dsmooth | method | original RegNet CPU s (yardsticks) | this project CPU s | yardsticks "
               "| target | wall s | peak RSS GiB |\n|---|---|---|---|---|---|---|---|")
@@ -212,7 +230,7 @@ def main():
             print("\n| dsmooth | method | before CPU s (yardsticks, peak GiB) | after CPU s (yardsticks, peak GiB) "
                   "| speed-up |\n|---|---|---|---|---|")
             for d, name, _, _, cpu, ys_, _, _, peak in rows:
-                b_cpu, b_peak, _ = before[d]
+                b_cpu, b_peak = before[d]
                 print(f"| {d} | {name} | {b_cpu:.1f} ({b_cpu / unit:.2f}, {b_peak:.2f}) | {cpu:.1f} ({ys_:.2f}, "
                       f"{peak:.2f}) | {b_cpu / cpu:.1f}x |")
 
