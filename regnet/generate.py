@@ -26,7 +26,8 @@ import SimpleITK as sitk
 
 from regnet import RegNetError
 from regnet.deform.augment import intensity_chain, next_image
-from regnet.deform.field import bspline_coefficients, jacobian_determinant, magnitude, warp, warp_masks
+from regnet.deform.field import bspline_coefficients, jacobian_determinant, warp, warp_masks
+from regnet.deform.kernels import field_statistics
 from regnet.deform.kernels import set_threads as set_kernel_threads
 from regnet.deform.methods import inputs_of, synthetic_dvf
 from regnet.files import remove_stale_temporaries, write_json_atomic
@@ -211,16 +212,11 @@ def generate_pair(pair: PairId, store: PairStore) -> dict:
         write_image(made.deformed_lung, out / "DeformedLung.mha", compress=False)
         write_image(image_from_array(made.jac, g), out / "Jac.mha", compress=False)
         write_image(made.deformed, files.fixed, compress=False)
-    dvf, jac = sitk.GetArrayViewFromImage(made.field), made.jac
     torso_arr = sitk.GetArrayViewFromImage(made.torso) > 0
-    norm = magnitude(dvf)
     stats = {
         "data": pair.image.data, "case": pair.image.cn, "type_im": pair.image.type_im,
         "dsmooth": pair.dsmooth, "stage": pair.image.stage, "method": made.method, "deform_number": made.number,
-        "max_abs_component_mm": float(max(-dvf.min(), dvf.max())), "max_magnitude_mm": float(norm.max()),
-        "mean_magnitude_in_torso_mm": float(norm[torso_arr].mean(dtype=np.float64)) if torso_arr.any() else 0.0,
-        "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
-        "folded_fraction_in_torso": float((jac[torso_arr] <= 0).mean()) if torso_arr.any() else 0.0,
+        **field_statistics(sitk.GetArrayViewFromImage(made.field), made.jac, torso_arr),
         "deformed_image": files.fixed.name,
         "made_from": made_from(pair, store),  # checked on every re-run (regnet.resume)
     }
@@ -230,8 +226,8 @@ def generate_pair(pair: PairId, store: PairStore) -> dict:
 
 def _like_base(array: np.ndarray, base: sitk.Image) -> np.ndarray:
     """The deformed image in the base image's pixel type (Int16 rounded and clipped, or float)."""
-    if base.GetPixelID() == sitk.sitkInt16:
-        return np.clip(np.round(array), -32768, 32767).astype(np.int16)
+    if base.GetPixelID() == sitk.sitkInt16:  # rounded and clipped in place: the chain's own float copy
+        return np.clip(np.round(array, out=array), -32768, 32767, out=array).astype(np.int16)
     return array.astype(np.float32)
 
 

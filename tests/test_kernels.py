@@ -210,3 +210,19 @@ def test_a_zero_field_on_the_image_grid_gives_the_image_back_as_simpleitk_does(r
     lung = sitk.Cast(image > 0, sitk.sitkUInt8)
     torso, moved_lung = warp_masks(image > -200, lung, field)
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(moved_lung), sitk.GetArrayViewFromImage(lung))
+
+
+def test_field_statistics_equal_numpy():
+    rng = np.random.default_rng(11)
+    u = rng.normal(scale=4.0, size=(9, 12, 14, 3)).astype(np.float32)
+    jac = rng.uniform(-0.2, 1.8, size=u.shape[:3]).astype(np.float32)
+    torso = rng.random(u.shape[:3]) < 0.5
+    norm = np.sqrt((u.astype(np.float64) ** 2).sum(-1))
+    stats = kernels.field_statistics(u, jac, torso)
+    assert stats["max_abs_component_mm"] == np.abs(u).max()
+    assert stats["max_magnitude_mm"] == pytest.approx(norm.max(), rel=1e-6)
+    assert stats["mean_magnitude_in_torso_mm"] == pytest.approx(norm[torso].mean(), rel=1e-6)
+    assert (stats["jacobian_min"], stats["jacobian_max"]) == (jac.min(), jac.max())
+    assert stats["folded_fraction_in_torso"] == (jac[torso] <= 0).mean() > 0
+    empty = kernels.field_statistics(u, jac, np.zeros_like(torso))
+    assert empty["mean_magnitude_in_torso_mm"] == empty["folded_fraction_in_torso"] == 0.0

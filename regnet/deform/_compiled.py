@@ -383,3 +383,30 @@ def canny_edge_strength(g, d2, out):
                 pos += ey * (gy / grad)
                 pos += ez * (gz / grad)
                 out[z, y, x] = grad if pos <= zero else zero
+
+
+@njit(parallel=True, cache=True)
+def field_statistics(u, jac, torso, planes):
+    """Per z plane: max |u_k|, max |u|, sum of |u| in the torso, torso voxels, min J, max J, torso
+    voxels with J <= 0 (planes: (nz, 7) float64). |u| in float32 as :func:`regnet.deform.field.magnitude`."""
+    nz, ny, nx = jac.shape
+    for zz in prange(nz):
+        z = np.int64(zz)
+        max_comp, max_mag, total, count, folded = 0.0, 0.0, 0.0, 0.0, 0.0
+        j_min, j_max = np.inf, -np.inf
+        for y in range(ny):
+            for x in range(nx):
+                a, b, c = u[z, y, x, 0], u[z, y, x, 1], u[z, y, x, 2]
+                max_comp = max(max_comp, abs(a), abs(b), abs(c))
+                m = np.sqrt(np.float32(a * a + b * b + c * c))
+                max_mag = max(max_mag, m)
+                j = jac[z, y, x]
+                j_min = min(j_min, j)
+                j_max = max(j_max, j)
+                if torso[z, y, x]:
+                    total += m
+                    count += 1.0
+                    if j <= 0:
+                        folded += 1.0
+        planes[z, 0], planes[z, 1], planes[z, 2], planes[z, 3] = max_comp, max_mag, total, count
+        planes[z, 4], planes[z, 5], planes[z, 6] = j_min, j_max, folded

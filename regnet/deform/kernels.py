@@ -32,7 +32,7 @@ from regnet import RegNetError
 from regnet.geometry import Geometry
 
 __all__ = ["bspline_coefficients_array", "warp_cubic", "warp_nearest", "index_map", "jacobian_determinant",
-           "gaussian_smooth", "bspline_dense", "canny_edges", "set_threads"]
+           "gaussian_smooth", "bspline_dense", "canny_edges", "field_statistics", "set_threads"]
 
 _POLE = math.sqrt(3.0) - 2.0     # the cubic B-spline's pole
 _TOLERANCE = 1e-10               # ITK's BSplineDecompositionImageFilter tolerance (sets the horizon)
@@ -218,3 +218,17 @@ def canny_edges(image: np.ndarray, lower: float, upper: float) -> np.ndarray:
     keep[np.unique(labels[seeds])] = True
     keep[0] = False
     return keep[labels] | seeds
+
+
+def field_statistics(u: np.ndarray, jac: np.ndarray, torso: np.ndarray) -> dict:
+    """A pair's done.json figures in one pass over the field and its Jacobian (no |u| array): max |u_k|,
+    max |u|, mean |u| in the torso, Jacobian range, folded fraction (J <= 0) in the torso."""
+    _compiled = _kernels()
+    planes = np.empty((jac.shape[0], 7))
+    _compiled.field_statistics(_float32_field(u), np.ascontiguousarray(jac, dtype=np.float32),
+                               np.ascontiguousarray(torso, dtype=bool), planes)
+    count = planes[:, 3].sum()
+    return {"max_abs_component_mm": float(planes[:, 0].max()), "max_magnitude_mm": float(planes[:, 1].max()),
+            "mean_magnitude_in_torso_mm": float(planes[:, 2].sum() / count) if count else 0.0,
+            "jacobian_min": float(planes[:, 4].min()), "jacobian_max": float(planes[:, 5].max()),
+            "folded_fraction_in_torso": float(planes[:, 6].sum() / count) if count else 0.0}
