@@ -6,7 +6,8 @@ Generates 16 phantom pairs at stage 1 once (kept in --out), then reports for eac
 time to first batch, patches/s and batches/s for a consumer that takes batches as fast as it can
 (after twice as many batches as the reader keeps arrays for: then its batch arrays are recycled, as
 in training; "fresh" counts the arrays still allocated while timing),
-queue occupancy for a consumer that takes one batch every 50 ms (a fast GPU step), and peak RSS.
+queue occupancy for a consumer that takes one batch every 50 ms (a fast GPU step), the bytes of one
+loaded chunk (its memory-mapped DVFs included: page cache, not private memory), and peak RSS.
 As the baseline for the choice of threads over processes it times, in the same run, handing one
 batch from a worker process to the consumer through a multiprocessing queue (the copy a process
 design adds to every batch).
@@ -55,7 +56,7 @@ def measure(s, workers: int, batches: int, **source) -> dict:
     with PatchReader(s, workers=workers, **source) as reader:
         next(reader)
         first = time.perf_counter() - t0
-        for _ in range(2 * reader._buffers.capacity):  # the pool fills (queue full): then arrays are recycled
+        for _ in range(0 if source else 2 * reader._buffers.capacity):  # files: the pool fills, then recycles
             next(reader)
         fresh = reader._buffers.fresh
         t1 = time.perf_counter()

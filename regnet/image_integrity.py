@@ -84,11 +84,15 @@ def _check_nifti(path: Path, head: bytes, size: int) -> None:
 
 
 # ---------------------------------------------------------------- MetaImage
-def metaimage_header(path) -> tuple[dict[str, str], int] | None:
+def metaimage_header(source) -> tuple[dict[str, str], int] | None:
     """The key = value lines of a MetaImage header up to ``ElementDataFile`` and the byte offset
-    right after it (where LOCAL voxel data start); None when the file has no such header."""
-    with open(path, "rb") as fh:
-        blob = fh.read(1 << 16)
+    right after it (where LOCAL voxel data start); None when the file has no such header.
+    ``source``: a path, or a binary file open at its start."""
+    if hasattr(source, "read"):
+        blob = source.read(1 << 16)
+    else:
+        with open(source, "rb") as fh:
+            blob = fh.read(1 << 16)
     header = {}
     for match in re.finditer(rb"([^\r\n]*)(\r\n|\n|\r|$)", blob):
         key, sep, value = match.group(1).decode("latin-1").partition("=")

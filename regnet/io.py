@@ -6,6 +6,7 @@ says what to do; writing is atomic.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,28 +177,36 @@ def map_metaimage(path, vector: bool = False) -> tuple[np.ndarray, Geometry] | N
     patch touches only its own pages. SimpleITK reads the grid (its direction conventions), NumPy
     maps the voxels."""
     path = Path(path)
-    parsed = metaimage_header(path) if full_suffix(path).lower() == ".mha" and path.is_file() else None
-    if parsed is None:
+    if full_suffix(path).lower() != ".mha" or not path.is_file():
         return None
-    header, start = parsed
-    dtype = _MET_DTYPES.get(header.get("ElementType", ""))
-    if (dtype is None or header.get("ElementDataFile") != "LOCAL"
-            or header.get("CompressedData", "False").lower() == "true"
-            or header.get("BinaryData", "True").lower() != "true"):
-        return None
-    check_file_complete(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None  # read_image says what is wrong
-    ncomp = reader.GetNumberOfComponents()
-    _check_grid(reader.GetDimension(), reader.GetSize(), ncomp, path, vector)
-    big_endian = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False")).lower() == "true"
-    shape = tuple(reversed(reader.GetSize())) + ((ncomp,) if ncomp > 1 else ())
-    array = np.memmap(path, dtype=np.dtype(dtype).newbyteorder(">" if big_endian else "<"), mode="r",
-                      offset=start, shape=shape)
+    check_file_complete(path)  # a truncated file: its own clear error
+    with open(path, "rb") as fh:  # header, size and voxels from this one open file
+        parsed = metaimage_header(fh)
+        if parsed is None:
+            return None
+        header, start = parsed
+        dtype = _MET_DTYPES.get(header.get("ElementType", ""))
+        if (dtype is None or header.get("ElementDataFile") != "LOCAL"
+                or header.get("CompressedData", "False").lower() == "true"
+                or header.get("BinaryData", "True").lower() != "true"):
+            return None
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return None  # read_image says what is wrong
+        ncomp = reader.GetNumberOfComponents()
+        _check_grid(reader.GetDimension(), reader.GetSize(), ncomp, path, vector)
+        big_endian = header.get("BinaryDataByteOrderMSB",
+                                header.get("ElementByteOrderMSB", "False")).lower() == "true"
+        shape = tuple(reversed(reader.GetSize())) + ((ncomp,) if ncomp > 1 else ())
+        dtype = np.dtype(dtype).newbyteorder(">" if big_endian else "<")
+        held = os.fstat(fh.fileno())
+        if (os.stat(path).st_ino != held.st_ino  # replaced while we read it (regenerated): read it again
+                or held.st_size - start != int(np.prod(shape)) * dtype.itemsize):
+            return None
+        array = np.memmap(fh, dtype=dtype, mode="r", offset=start, shape=shape)  # the map outlives the file object
     _check_finite(array, path)
     return array, Geometry.of(reader)
 

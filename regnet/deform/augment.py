@@ -125,7 +125,8 @@ def next_image(image: sitk.Image, torso: sitk.Image, lung: sitk.Image, exp: Defo
                default: float = -2048.0) -> dict:
     """Anatomy augmentation: a freshly deformed copy of the original (single-frequency field up to
     ``NextIm_MaxDeform``, no mask-to-zero), masks warped with it, then sponge and light noise.
-    Used as the base image for dsmooth > 0. Smoothing follows the image's spacing."""
+    Used as the base image for dsmooth > 0. Smoothing follows the image's spacing. Returns SimpleITK
+    images: ``image``, ``torso``, ``lung`` and the ``field`` that made them (VectorFloat32, mm)."""
     g = Geometry.of(image)
     m = exp.NextIm_MaxDeform
     dvf = random_bspline_field(g, exp.SingleFrequency_BSplineGridSpacing[0], m,
@@ -144,4 +145,4 @@ def next_image(image: sitk.Image, torso: sitk.Image, lung: sitk.Image, exp: Defo
     if image.GetPixelID() == sitk.sitkInt16:
         arr = np.clip(np.round(arr), -32768, 32767).astype(np.int16)
     out = image_from_array(arr, g)
-    return {"image": out, "torso": next_torso, "lung": next_lung, "dvf": dvf}
+    return {"image": out, "torso": next_torso, "lung": next_lung, "field": field}

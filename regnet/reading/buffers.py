@@ -20,29 +20,30 @@ import numpy as np
 
 
 class RecyclingPool:
-    """At most ``capacity`` owned arrays per (shape, dtype), handed out again when unreferenced."""
+    """At most ``capacity`` owned arrays per (shape, dtype), handed out again when unreferenced.
+    Off (every array fresh) on a free-threaded Python, where reference counts are not a safe signal."""
 
     def __init__(self, capacity: int):
-        self.capacity = int(capacity)
+        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+        self.capacity = int(capacity) if gil else 0
         self._owned: dict[tuple, list[np.ndarray]] = {}
         self._lock = threading.Lock()
-        self._free_count = self._count_when_free()
+        self._free_count = self._references([np.empty(1)], 0)  # an array only a pool list holds
         self.fresh = 0  # arrays allocated (for the bench and tests)
 
-    def _count_when_free(self) -> int:
-        owned = [np.empty(1)]
-        for a in owned:
-            return sys.getrefcount(a)
-        raise AssertionError  # unreachable
+    @staticmethod
+    def _references(owned: list, index: int) -> int:
+        """The reference count of ``owned[index]``, measured the same way for calibration and check."""
+        return sys.getrefcount(owned[index])
 
     def empty(self, shape: tuple, dtype=np.float32) -> np.ndarray:
         """An uninitialised array of ``shape``: a recycled one when one is free."""
         key = (tuple(int(n) for n in shape), np.dtype(dtype).str)
         with self._lock:
             owned = self._owned.setdefault(key, [])
-            for a in owned:
-                if sys.getrefcount(a) == self._free_count:
-                    return a
+            for i in range(len(owned)):
+                if self._references(owned, i) == self._free_count:
+                    return owned[i]
             self.fresh += 1
             fresh = np.empty(key[0], dtype=key[1])
             if len(owned) < self.capacity:

@@ -137,7 +137,8 @@ def _loaded(store: PairStore, pair: PairId, moving: np.ndarray, moving_torso: np
     if not fixed_torso.any():
         raise RegNetError(f"{torso_name}: the torso mask is empty, so no patch centre can be drawn in it.")
     pad = float(store.layout(pair.image.data).default_pixel_value)
-    dtype = moving.dtype if moving.dtype == fixed.dtype and moving.dtype in (np.int16, np.float32) else np.float32
+    native = moving.dtype.newbyteorder("=")  # a mapped big-endian file keeps its type in memory
+    dtype = native if moving.dtype == fixed.dtype and native in (np.int16, np.float32) else np.float32
     images = np.full(moving.shape + (2,), pad, dtype=dtype)  # voxels outside each torso: the background, as RegNet
     np.copyto(images[..., 0], moving, where=moving_torso, casting="unsafe")
     np.copyto(images[..., 1], fixed, where=fixed_torso, casting="unsafe")

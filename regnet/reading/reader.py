@@ -108,8 +108,9 @@ class PatchReader:
         self._makers = None  # source="memory": the generator pool
         self._making: list[Future] = []  # its pairs of the chunk being made
         self._lock = threading.Lock()
-        # batches in the queue, being cut, held by the consumer and by model.fit's adapter
-        self._buffers = RecyclingPool(self.max_queue + self.workers + 2)
+        # batches in the queue, being cut, held by the consumer, by ReaderDataset (4) and by Keras's
+        # queue and prefetch under model.fit (~12): a cap only, arrays are made when first needed
+        self._buffers = RecyclingPool(self.max_queue + self.workers + 16)
 
     # ------------------------------------------------------------ public
     def __len__(self) -> int:
