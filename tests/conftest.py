@@ -1,5 +1,7 @@
 """Shared fixtures: the real data beside the project (skipped cleanly when absent)."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,15 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def pytest_configure(config):
     config.addinivalue_line("markers", "install: builds the wheel and installs it into a fresh venv (slower, ~10 s; "
                                        "deselect with -m 'not install')")
+
+
+def run_under_jax(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``script`` in a fresh Python with ``KERAS_BACKEND=jax`` on the CPU, from the repository root
+    (skipped without JAX): how the tests show a module runs where TensorFlow is absent."""
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=Path(__file__).resolve().parents[1],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def shared_file(*parts) -> Path:

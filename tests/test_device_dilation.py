@@ -1,8 +1,4 @@
 """Mixed frequency's dilation phases on the device against SciPy and the CPU's dilated_edge_mask."""
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +13,7 @@ from regnet.geometry import Geometry
 from regnet.phantom import PhantomSpec, make_phantom
 from regnet.seeding import rng_for
 from regnet.settings import load_deform_exp
+from tests.conftest import run_under_jax
 
 EXP = load_deform_exp("3D_max15_D14_K")
 CONN18 = ndimage.generate_binary_structure(3, 2)
@@ -251,10 +248,7 @@ def test_runs_under_jax_without_tensorflow(tmp_path, phantom):
     pytest.importorskip("jax")
     _, _, lung, edges, near = phantom
     np.savez(tmp_path / "in.npz", edges=edges, lung=lung)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = run_under_jax(JAX_SCRIPT, tmp_path / "in.npz", tmp_path / "out.npz")
     assert done.returncode == 0, done.stderr[-2000:]
     out = np.load(tmp_path / "out.npz")
     np.testing.assert_array_equal(out["a"], out["b"])

@@ -1,9 +1,5 @@
 """The keras.ops (device) generator against SimpleITK, SciPy and the NumPy generator."""
 import inspect
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +19,7 @@ from regnet.io import image_from_array
 from regnet.phantom import PhantomSpec, make_phantom
 from regnet.seeding import rng_for
 from regnet.settings import load_deform_exp
+from tests.conftest import run_under_jax
 
 STAGE = 2
 EXP = load_deform_exp("3D_max15_D14_K")
@@ -329,10 +326,7 @@ def test_runs_under_jax_without_tensorflow_or_simpleitk(tmp_path):
     coeffs = bspline.random_coefficients(g, (12, 12, 12), 2.0, 0, 0.0, np.random.default_rng(1)).astype(np.float32)
     image = (ndimage.gaussian_filter(np.random.default_rng(2).normal(size=g.shape), 1.5) * 3000).astype(np.float32)
     np.savez(tmp_path / "in.npz", coeffs=coeffs, image=image)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = run_under_jax(JAX_SCRIPT, tmp_path / "in.npz", tmp_path / "out.npz")
     assert done.returncode == 0, done.stderr[-2000:]
     out = np.load(tmp_path / "out.npz")
     u = bspline.dense_field(coeffs.astype(np.float64), g)

@@ -6,9 +6,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -26,6 +23,7 @@ from regnet.networks.layers import (  # noqa: E402
     decimation_kernel,
 )
 from regnet.networks.spec import NetworkOptions  # noqa: E402
+from tests.conftest import run_under_jax
 
 NAMES = ["crop4_connection", "decimation4", "unet1"]
 TINY = 1 / 16                      # every layer 1-3 channels: fast on CPU, same sizes as width 1
@@ -259,10 +257,7 @@ def test_jax_backend_gives_the_same_outputs_from_the_same_file(tmp_path):
         np.save(tmp_path / f"{name}_x.npy", x)
         np.save(tmp_path / f"{name}_y.npy", y)
         expected[name] = list(y.shape)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path), json.dumps(NAMES)], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=300)
+    run = run_under_jax(JAX_SCRIPT, tmp_path, json.dumps(NAMES))
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["tensorflow_imported"] is False

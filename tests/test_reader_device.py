@@ -1,11 +1,7 @@
 """PatchReader(source="device"): patches against the device pair made independently, NumPy classes and
 orientations, determinism and resume, validation passes, errors, and `regnet train` with that source."""
 import json
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +18,7 @@ from regnet.reading.patches import orient_dvf, orient_image
 from regnet.reading.sampling import ClassBalanceWarning
 from regnet.settings import load_settings
 from regnet.store import PairStore
+from tests.conftest import run_under_jax
 
 R, RY, BATCH = 8, 3, 9
 EXP = "3D_max15_D14_K"  # ClassBalanced [1.5, 4, 15]: three classes, so 9 = 3 + 3 + 3
@@ -272,11 +269,7 @@ print("ok")
 
 
 def test_runs_under_jax_without_tensorflow(tmp_path):
-    pytest.importorskip("jax")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path / "never_written")],
-                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = run_under_jax(JAX_SCRIPT, tmp_path / "never_written")
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
     assert not (tmp_path / "never_written").exists()
 
