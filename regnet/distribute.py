@@ -64,12 +64,14 @@ def check_batches(settings, n: int) -> None:
     from regnet.reading import PatchReader
 
     for mode, key in (("Training", "NetworkTraining"), ("Validation", "NetworkValidation")):
-        reader = PatchReader(settings, mode)  # the schedule only; no thread starts before iteration
-        bad = [b for b in batch_sizes(reader.schedule) if b % n]
+        # the schedule of the source training reads from; no thread starts before iteration
+        reader = PatchReader(settings, mode, source=settings.ReaderSource)
+        sizes = reader.batch_sizes()
+        bad = [b for b in sizes if b % n]
         if bad:
             run = getattr(settings, key)
             raise RegNetError(f"Distribute = 'mirrored' over {n} devices: {mode.lower()} batches of "
-                              f"{' and '.join(map(str, batch_sizes(reader.schedule)))} patches do not split evenly "
+                              f"{' and '.join(map(str, sizes))} patches do not split evenly "
                               f"({key}.BatchSize {run.BatchSize}, SamplesPerImage {run.SamplesPerImage}, "
                               f"NumberOfImagesPerChunk {run.NumberOfImagesPerChunk}, {len(reader.pairs)} pairs). "
                               f"Make every batch a multiple of {n}: BatchSize and the patches per chunk.")

@@ -286,3 +286,23 @@ def test_resume_compares_sources_by_the_batches_they_give():
     assert settings_difference(old, {**old, "ReaderSource": "device",
                                      "NetworkTraining": {"BatchSize": 2, "PairsPerBatch": 3}}) == [
         "NetworkTraining.PairsPerBatch", "ReaderSource"]
+
+
+def test_the_device_check_over_devices_uses_the_device_grouping(tmp_path, monkeypatch):
+    """Validation from the device is cut per group of PairsPerBatch pairs: 2 pairs x 6 samples in groups
+    of one pair and batches of 4 give 4 and 2 (the files schedule, both pairs in one chunk, gives 4, 4, 4)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from regnet import distribute
+
+    s = settings_for(tmp_path, NetworkTraining={**BASE["NetworkTraining"], "BatchSize": 4},
+                     NetworkValidation={"SamplesPerImage": 6, "BatchSize": 4, "PairsPerBatch": 1})
+    assert PatchReader(s, "Validation", source="device").batch_sizes() == [2, 4]
+    assert PatchReader(s, "Validation", source="files").batch_sizes() == [4]
+    assert PatchReader(s, "Training", source="device").batch_sizes() == [4]
+    four = SimpleNamespace(num_replicas_in_sync=4, scope=nullcontext)
+    monkeypatch.setattr(distribute, "_tensorflow_strategy", lambda: four)
+    with pytest.raises(RegNetError, match=r"over 4 devices: validation batches of 2 and 4 patches do not split"):
+        with distribute.distribution_scope("mirrored", s):
+            pass

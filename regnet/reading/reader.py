@@ -117,6 +117,15 @@ class PatchReader:
         """Batches of one semi-epoch (training) or of one validation pass."""
         return len(self._device) if self._device is not None else self.schedule.batches_per_semi_epoch
 
+    def batch_sizes(self) -> list[int]:
+        """Every batch size this reader hands out (the device source groups pairs its own way)."""
+        from regnet.distribute import batch_sizes
+
+        device = self._device
+        if device is None or device.schedule is not None:
+            return batch_sizes(self.schedule if device is None else device.schedule)
+        return [device.per_group if self.full_image else self.batch_size]  # device training: every batch alike
+
     def __enter__(self) -> PatchReader:
         self._start()
         return self
