@@ -33,7 +33,16 @@ from regnet.deform.methods import inputs_of, synthetic_dvf
 from regnet.files import remove_stale_temporaries, write_json_atomic
 from regnet.geometry import Geometry
 from regnet.heap import keep_freed_memory
-from regnet.io import dvf_to_image, image_from_array, isotropic_geometry, resample_to_geometry, write_dvf, write_image
+from regnet.io import (
+    dvf_to_image,
+    image_from_array,
+    isotropic_geometry,
+    resample_to_geometry,
+    round_array,
+    round_image,
+    write_dvf,
+    write_image,
+)
 from regnet.masks import compute_masks
 from regnet.resume import describe_stale, forget, made_from, stale_pairs
 from regnet.seeding import rng_for
@@ -44,8 +53,14 @@ from regnet.timing import step
 CLI_HELP = "generate the synthetic pairs of a settings file (parallel, resumable, Dask-ready)"
 
 
+def pair_key(image: ImageId, dsmooth: int) -> tuple:
+    """The stable-hash key of a pair without its purpose: the job's, and the device source's for the
+    same pair (so device validation draws the job's fields)."""
+    return (image.deform_exp, image.data, image.cn, image.type_im, dsmooth, image.stage)
+
+
 def _rng(image: ImageId, dsmooth: int, purpose: str):
-    return rng_for(image.deform_exp, image.data, image.cn, image.type_im, dsmooth, image.stage, purpose)
+    return rng_for(*pair_key(image, dsmooth), purpose)
 
 
 def _read(path: Path) -> sitk.Image:
@@ -101,8 +116,7 @@ def on_stage_grid(image: sitk.Image, spacing: float, interpolator: str, default:
         return image
     if pixel_id not in (sitk.sitkFloat32, sitk.sitkFloat64) and image.GetPixelID() in (sitk.sitkFloat32,
                                                                                         sitk.sitkFloat64):
-        info = np.iinfo(sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).dtype)
-        image = sitk.Clamp(sitk.Round(image), image.GetPixelID(), float(info.min), float(info.max))
+        return round_image(image, pixel_id)
     return sitk.Cast(image, pixel_id)
 
 
@@ -212,11 +226,11 @@ def generate_pair(pair: PairId, store: PairStore) -> dict:
         write_image(made.deformed_lung, out / "DeformedLung.mha", compress=False)
         write_image(image_from_array(made.jac, g), out / "Jac.mha", compress=False)
         write_image(made.deformed, files.fixed, compress=False)
-    torso_arr = sitk.GetArrayViewFromImage(made.torso) > 0
+    fixed_torso = sitk.GetArrayViewFromImage(made.deformed_torso) > 0  # u and J live on the fixed grid
     stats = {
         "data": pair.image.data, "case": pair.image.cn, "type_im": pair.image.type_im,
         "dsmooth": pair.dsmooth, "stage": pair.image.stage, "method": made.method, "deform_number": made.number,
-        **field_statistics(sitk.GetArrayViewFromImage(made.field), made.jac, torso_arr),
+        **field_statistics(sitk.GetArrayViewFromImage(made.field), made.jac, fixed_torso),
         "deformed_image": files.fixed.name,
         "made_from": made_from(pair, store),  # checked on every re-run (regnet.resume)
     }
@@ -226,8 +240,8 @@ def generate_pair(pair: PairId, store: PairStore) -> dict:
 
 def _like_base(array: np.ndarray, base: sitk.Image) -> np.ndarray:
     """The deformed image in the base image's pixel type (Int16 rounded and clipped, or float)."""
-    if base.GetPixelID() == sitk.sitkInt16:  # rounded and clipped in place: the chain's own float copy
-        return np.clip(np.round(array, out=array), -32768, 32767, out=array).astype(np.int16)
+    if base.GetPixelID() == sitk.sitkInt16:  # rounded in place: the chain's own float copy
+        return round_array(array, np.int16)
     return array.astype(np.float32)
 
 

@@ -21,10 +21,10 @@ import numpy as np
 from regnet import RegNetError
 from regnet.files import full_suffix
 
-#: Bytes per element of MetaImage element types (MetaIO's MET_ValueTypeSize).
-_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
-              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
-              "MET_DOUBLE": 8}
+#: NumPy types of MetaImage element types (their sizes are MetaIO's MET_ValueTypeSize).
+MET_DTYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2", "MET_INT": "i4",
+              "MET_UINT": "u4", "MET_LONG": "i4", "MET_ULONG": "u4", "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8",
+              "MET_FLOAT": "f4", "MET_DOUBLE": "f8"}
 _CUT = "the file was cut short (an interrupted copy or download?); copy it again"
 
 
@@ -114,7 +114,8 @@ def _check_metaimage(path: Path) -> None:
         channels = int(header.get("ElementNumberOfChannels", "1"))
     except ValueError:
         return
-    element = _MET_BYTES.get(header.get("ElementType", ""))
+    element = MET_DTYPES.get(header.get("ElementType", ""))
+    element = np.dtype(element).itemsize if element else None
     compressed = header.get("CompressedData", "False").lower() == "true"
     expected = int(header["CompressedDataSize"]) if compressed and "CompressedDataSize" in header else (
         None if compressed or element is None else int(np.prod(dims, dtype=np.int64)) * channels * element)

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from regnet import RegNetError
 from regnet.files import atomic_path, full_suffix
 from regnet.geometry import Geometry
-from regnet.image_integrity import check_file_complete, check_slice_positions, metaimage_header
+from regnet.image_integrity import MET_DTYPES, check_file_complete, check_slice_positions, metaimage_header
 
 IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm", ".img", ".hdr")
 WRITE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
@@ -162,11 +162,6 @@ def _check_finite(array: np.ndarray, path) -> None:
         raise RegNetError(f"{path} contains {bad} NaN or infinite values; fix or mask them first.")
 
 
-#: NumPy types of the MetaImage element types :func:`map_metaimage` maps.
-_MET_DTYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2", "MET_INT": "i4",
-               "MET_UINT": "u4", "MET_FLOAT": "f4", "MET_DOUBLE": "f8"}
-
-
 def map_metaimage(path, vector: bool = False) -> tuple[np.ndarray, Geometry] | None:
     """The voxels of an uncompressed one-file MetaImage (``.mha``, ``ElementDataFile = LOCAL``) mapped
     read-only from the file, (z, y, x) or (z, y, x, c), and its grid; None for any other file (read
@@ -185,7 +180,7 @@ def map_metaimage(path, vector: bool = False) -> tuple[np.ndarray, Geometry] | N
         if parsed is None:
             return None
         header, start = parsed
-        dtype = _MET_DTYPES.get(header.get("ElementType", ""))
+        dtype = MET_DTYPES.get(header.get("ElementType", ""))
         if (dtype is None or header.get("ElementDataFile") != "LOCAL"
                 or header.get("CompressedData", "False").lower() == "true"
                 or header.get("BinaryData", "True").lower() != "true"):
@@ -286,9 +281,21 @@ def smooth_for_downsampling(image: sitk.Image, new_spacing) -> sitk.Image:
     smoothed = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), sigma.tolist())
     if pixel_id == sitk.sitkFloat32:
         return smoothed
-    if _is_integer(pixel_id):  # round rather than truncate towards zero
-        smoothed = sitk.Round(smoothed)
-    return sitk.Cast(smoothed, pixel_id)
+    return round_image(smoothed, pixel_id) if _is_integer(pixel_id) else sitk.Cast(smoothed, pixel_id)
+
+
+def round_array(array: np.ndarray, dtype) -> np.ndarray:
+    """A float array as integer ``dtype``, rounded (a plain cast truncates toward zero) and clipped to
+    the type's range; ``array`` itself is rounded in place (pass a copy you own)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(array, out=array), info.min, info.max, out=array).astype(dtype)
+
+
+def round_image(image: sitk.Image, pixel_id: int) -> sitk.Image:
+    """:func:`round_array` for a SimpleITK image: rounded, clamped to the integer type, cast."""
+    info = np.iinfo(sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).dtype)
+    clamped = sitk.Clamp(sitk.Round(image), image.GetPixelID(), float(info.min), float(info.max))
+    return sitk.Cast(clamped, pixel_id)
 
 
 def _is_integer(pixel_id: int) -> bool:

@@ -186,3 +186,16 @@ def test_a_mapped_file_is_checked_as_a_read_one(tmp_path, rotated_image):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(RegNetError, match="nan.mha: truncated"):
         map_metaimage(path)
+
+
+def test_rounding_to_an_integer_type_rounds_and_clips():
+    """A plain cast truncates toward zero and wraps out-of-range values; these round and clip."""
+    from regnet.io import round_array, round_image
+
+    values = np.array([1.4, 1.6, -1.6, -0.4, 40000.0, -40000.0], np.float32)
+    expected = [1, 2, -2, 0, 32767, -32768]
+    assert round_array(values.copy(), np.int16).tolist() == expected
+    image = sitk.GetImageFromArray(values.reshape(1, 2, 3))
+    rounded = round_image(image, sitk.sitkInt16)
+    assert rounded.GetPixelID() == sitk.sitkInt16
+    assert sitk.GetArrayFromImage(rounded).ravel().tolist() == expected

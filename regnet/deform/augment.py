@@ -15,7 +15,7 @@ from regnet.deform.field import jacobian_determinant, warp, warp_masks
 from regnet.deform.methods import max_abs, voxels
 from regnet.deform.sponge_rule import sponge_factor_weight
 from regnet.geometry import Geometry
-from regnet.io import dvf_to_image, image_from_array
+from regnet.io import dvf_to_image, image_from_array, round_array
 from regnet.settings import DeformExp
 
 
@@ -143,6 +143,6 @@ def next_image(image: sitk.Image, torso: sitk.Image, lung: sitk.Image, exp: Defo
     arr = sponge(sitk.GetArrayViewFromImage(warped), jacobian_determinant(dvf, g), torso_arr, exp, rngs["NextSponge"])
     _noise_in_place(arr, torso_arr, exp.NextIm_SigmaN, exp.Im_NoiseAverage, rngs["NextNoise"])
     if image.GetPixelID() == sitk.sitkInt16:
-        arr = np.clip(np.round(arr), -32768, 32767).astype(np.int16)
+        arr = round_array(arr, np.int16)
     out = image_from_array(arr, g)
     return {"image": out, "torso": next_torso, "lung": next_lung, "field": field}

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from regnet import RegNetError
 from regnet.deform import kernels
 from regnet.geometry import Geometry
-from regnet.io import INTERPOLATORS, _is_integer, dvf_to_image, image_from_array
+from regnet.io import INTERPOLATORS, _is_integer, dvf_to_image, image_from_array, round_array, round_image
 
 __all__ = ["warp", "warp_masks", "bspline_coefficients", "jacobian_determinant", "compose", "invert", "magnitude",
            "as_dvf_image"]
@@ -61,9 +61,7 @@ def warp(image: sitk.Image, dvf, interpolator: str = "bspline", default: float =
         coefficients = bspline_coefficients(image) if coefficients is None else coefficients
         array = kernels.warp_cubic(sitk.GetArrayViewFromImage(coefficients), Geometry.of(image), field, default)
         if _is_integer(pixel_id):
-            dtype = sitk.GetArrayViewFromImage(image).dtype
-            info = np.iinfo(dtype)
-            array = np.clip(np.round(array, out=array), info.min, info.max, out=array).astype(dtype)
+            array = round_array(array, sitk.GetArrayViewFromImage(image).dtype)
         elif pixel_id == sitk.sitkFloat64:
             array = array.astype(np.float64)
         return image_from_array(array, g)
@@ -74,9 +72,7 @@ def warp(image: sitk.Image, dvf, interpolator: str = "bspline", default: float =
     warper.SetEdgePaddingValue(float(default))
     out = warper.Execute(work, field)  # a float32 field is used as is: no 64-bit copy
     if out.GetPixelID() != pixel_id:
-        if pixel_id not in (sitk.sitkFloat32, sitk.sitkFloat64):
-            out = sitk.Round(out)
-        out = sitk.Cast(out, pixel_id)
+        out = round_image(out, pixel_id) if _is_integer(pixel_id) else sitk.Cast(out, pixel_id)
     return out
 
 

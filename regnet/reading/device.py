@@ -59,9 +59,10 @@ SEED = "PatchReader device"
 
 
 def job_key(pair: PairId) -> tuple:
-    """The offline job's stable-hash key of a pair (without the purpose), :func:`regnet.generate._rng`."""
-    image = pair.image
-    return (image.deform_exp, image.data, image.cn, image.type_im, pair.dsmooth, image.stage)
+    """The offline job's stable-hash key of a pair (without the purpose)."""
+    from regnet.generate import pair_key
+
+    return pair_key(pair.image, pair.dsmooth)
 
 
 @dataclass
