@@ -165,7 +165,7 @@ def run_demo(out, values: dict | None = None, steps: int | None = None, progress
         summary = trainer.run(total)
     trained = summary["steps"] - start
     # the model after the last step: on the demo's two validation pairs the "best" model is picked by
-    # noise (a full run picked step 150, which registers the held-out pair at x0.69 where step 450 gives x0.38)
+    # noise (a full run picked step 150, which registers the held-out pair at x0.69 where step 450 gave x0.38)
     model = trainer.checkpoint
 
     say(f"[3/5] held-out phantom case {case}: inhale (fixed) <- exhale (moving) -> {out / 'held_out'}")

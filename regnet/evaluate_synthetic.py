@@ -189,7 +189,7 @@ def evaluate_pair(store: PairStore, pair: PairId, models: list, classes, groups:
     t0 = time.perf_counter()
     files = store.files(pair)
     needed = [files.moving, files.moving_torso, files.fixed, files.fixed_torso, files.dvf,
-              store.pair_dir(pair) / "DeformedLung.mha"]
+              store.pair_dir(pair) / "DeformedLung.mha", store.pair_dir(pair) / "Jac.mha"]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise RegNetError(f"{store.pair_dir(pair)}: {', '.join(missing)} missing although the pair is marked done; "

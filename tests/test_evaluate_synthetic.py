@@ -222,6 +222,7 @@ def test_a_pair_without_lungs_reports_no_lung_numbers_and_a_missing_mask_is_name
     _, _, lung_second = truth_and_masks(settings, unique_pairs(settings)[1])
     assert metrics["overall"]["lung"]["after"]["n"] == lung_second.sum()  # the lung-less pair adds none
     store.files(first).fixed_torso.unlink()
-    with pytest.raises(RegNetError, match=r"respiratory_motion_D0: DeformedTorso.mha missing although the pair is "
-                                          r"marked done; regenerate it"):
+    (store.pair_dir(first) / "Jac.mha").unlink()
+    with pytest.raises(RegNetError, match=r"respiratory_motion_D0: DeformedTorso.mha, Jac.mha missing although the "
+                                          r"pair is marked done; regenerate it"):
         evaluate_synthetic(settings, "none", limit=1, progress=False)
