@@ -306,3 +306,35 @@ def test_the_device_check_over_devices_uses_the_device_grouping(tmp_path, monkey
     with pytest.raises(RegNetError, match=r"over 4 devices: validation batches of 2 and 4 patches do not split"):
         with distribute.distribution_scope("mirrored", s):
             pass
+
+
+def test_a_rotated_grid_gives_displacements_along_the_grid_axes(tmp_path, monkeypatch):
+    """As the files source: y is D^T u (the displacement along the image grid's own axes), computed
+    here by hand from the physical field of the same pairs on a grid rotated 30 degrees about z."""
+    import regnet.generate
+
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    direction = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    unrotated = regnet.generate.original_on_stage_grid
+
+    def rotated(image, store):
+        out = [sitk.Image(im) for im in unrotated(image, store)]
+        for im in out:
+            im.SetDirection(direction.ravel().tolist())
+        return tuple(out)
+
+    monkeypatch.setattr(regnet.generate, "original_on_stage_grid", rotated)  # the reader's originals
+    monkeypatch.setitem(globals(), "original_on_stage_grid", rotated)      # and independent_pairs'
+    settings = settings_for(tmp_path)
+    with PatchReader(settings, "Training", "device") as reader:
+        x, y, info = take(reader, 1)[0]
+        members, keys = reader._device.members(0)
+    made = independent_pairs(settings, members, keys)
+    moved = 0.0
+    for b, item in enumerate(info):
+        p = keys.index(item["key"])
+        z, yy, xx = item["centre"]
+        physical = made["dvf"][p, z - RY:z + RY + 1, yy - RY:yy + RY + 1, xx - RY:xx + RY + 1]
+        np.testing.assert_allclose(y[b], physical @ direction, atol=1e-5)
+        moved = max(moved, float(np.abs(y[b] - physical).max()))
+    assert moved > 0.1  # the rotation changed the components: the test sees the conversion
