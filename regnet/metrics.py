@@ -26,14 +26,16 @@ class EndPointError(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.cast(y_true, "float32")
-        y_pred = ops.cast(y_pred, "float32")
-        error = ops.sqrt(ops.sum(ops.square(y_pred - y_true), axis=-1))
         norm = ops.sqrt(ops.sum(ops.square(y_true), axis=-1))
         inside = ops.cast(norm >= self.low, "float32")
         if self.high is not None:
             inside = inside * ops.cast(norm < self.high, "float32")
-        self.total.assign_add(ops.sum(error * inside))
+        self.total.assign_add(ops.sum(self._error(y_true, y_pred, norm) * inside))
         self.count.assign_add(ops.sum(inside))
+
+    def _error(self, y_true, y_pred, norm):
+        """|u_pred - u_true| per voxel (``norm`` = |u_true|)."""
+        return ops.sqrt(ops.sum(ops.square(ops.cast(y_pred, "float32") - y_true), axis=-1))
 
     def result(self):
         return self.total / ops.maximum(self.count, 1.0)
@@ -51,13 +53,8 @@ class ZeroPredictionError(EndPointError):
     """What :class:`EndPointError` would be for a network that predicts u = 0 (mean |u_true|): the
     baseline every end-point error should be read against, measured on the same batches."""
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        norm = ops.sqrt(ops.sum(ops.square(ops.cast(y_true, "float32")), axis=-1))  # |0 - u_true|, once
-        inside = ops.cast(norm >= self.low, "float32")
-        if self.high is not None:
-            inside = inside * ops.cast(norm < self.high, "float32")
-        self.total.assign_add(ops.sum(norm * inside))
-        self.count.assign_add(ops.sum(inside))
+    def _error(self, y_true, y_pred, norm):
+        return norm  # |0 - u_true|, already computed
 
 
 def class_metrics(thresholds) -> list[EndPointError]:
